@@ -1,0 +1,101 @@
+"""The NATS side of every service: a FastStream broker, the streams, and event subscribers.
+
+Rules (DESIGN.md): every JetStream publish carries ``Nats-Msg-Id`` (the event id) and every
+stream a ``duplicate_window``, so a republished event is stored once; every durable consumer is
+named ``<consumer>-<event-type-with-dashes>`` and bounded by ``max_deliver``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import nats.js.errors
+from faststream.middlewares import AckPolicy
+from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, StreamConfig
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.js import JetStreamContext
+
+from fleetlab_common.events import STREAMS, Event
+from fleetlab_common.settings import NatsSettings
+
+
+def make_broker(settings: NatsSettings, service: str) -> NatsBroker:
+    """A FastStream NATS broker with OpenTelemetry spans, reconnecting for ever."""
+    return NatsBroker(
+        settings.url,
+        name=f"fleetlab-{service}",
+        middlewares=[NatsTelemetryMiddleware()],
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+    )
+
+
+def jstream(name: str, settings: NatsSettings) -> JStream:
+    """The FastStream declaration of one of Fleetlab's streams."""
+    return JStream(
+        name,
+        subjects=STREAMS[name],
+        duplicate_window=settings.duplicate_window_s,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, settings: NatsSettings) -> None:
+    """Create or update every Fleetlab stream (idempotent; safe from every service at once)."""
+    for name, subjects in STREAMS.items():
+        config = StreamConfig(
+            name=name, subjects=subjects, duplicate_window=settings.duplicate_window_s
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+
+def consumer_name(consumer: str, event: type[Event]) -> str:
+    """``<consumer>-<event-type-with-dashes>``, e.g. ``api-agent-experiment-started``."""
+    return f"{consumer}-{event.event_type().replace('.', '-').replace('_', '-')}"
+
+
+def event_subscriber(
+    broker: NatsBroker,
+    event: type[Event],
+    consumer: str,
+    settings: NatsSettings,
+    *,
+    ack_wait_s: float = 30.0,
+) -> Callable[[Callable[..., Any]], Any]:
+    """Subscribe ``consumer`` durably to every ``event`` (all instances share one queue group).
+
+    Handlers must be idempotent: delivery is at least once. An exception nacks the message
+    and JetStream redelivers it, at most ``max_deliver`` times.
+    """
+    if event.STREAM is None:
+        raise ValueError(f"{event.event_type()} is not stored in a stream")
+    durable = consumer_name(consumer, event)
+    return broker.subscriber(  # type: ignore[no-any-return]
+        event.subscribe_subject(),
+        queue=durable,
+        durable=durable,
+        stream=jstream(event.STREAM, settings),
+        deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(max_deliver=settings.max_deliver, ack_wait=ack_wait_s),
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        title=f"{durable}:subscribe",
+    )
+
+
+async def publish_event(broker: NatsBroker, event: Event, *, timeout: float = 5.0) -> None:
+    """Publish one event: to JetStream with ``Nats-Msg-Id`` when it is stored, else core NATS.
+
+    Use this only where there is no database to hold an outbox (the agent); services that own
+    state publish through :mod:`fleetlab_common.db.outbox` after their transaction commits.
+    """
+    body = event.model_dump_json().encode()
+    if event.STREAM is None:
+        await broker.publish(body, event.subject(), headers=event.headers())
+        return
+    await broker.publish(
+        body, event.subject(), headers=event.headers(), stream=event.STREAM, timeout=timeout
+    )

@@ -1,0 +1,42 @@
+"""The asyncpg pool of one service, confined to its own schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool:
+    """A pool whose connections see only ``schema`` by default (``search_path``).
+
+    JSON and JSONB columns map to Python objects both ways.
+    """
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": schema, "application_name": f"fleetlab-{schema}"},
+    )
+    return pool
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> bool:
+    """True when the database answers a trivial query within ``timeout`` seconds."""
+    try:
+        async with pool.acquire(timeout=timeout) as conn:
+            value: Any = await conn.fetchval("SELECT 1", timeout=timeout)
+            return bool(value == 1)
+    except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError):
+        return False

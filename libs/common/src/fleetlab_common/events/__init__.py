@@ -1,0 +1,48 @@
+"""The event catalog. Models live here once; services import them, never each other."""
+
+from fleetlab_common.events.agent import (
+    AgentHardware,
+    AgentHeartbeat,
+    ExperimentFinished,
+    ExperimentOutcome,
+    ExperimentStarted,
+    GpuInfo,
+    LogLine,
+    LogLinesAppended,
+)
+from fleetlab_common.events.api import ExperimentStopRequested, ExperimentSubmitted
+from fleetlab_common.events.base import Event, utcnow
+from fleetlab_common.events.catalog import EVENTS, EVENTS_BY_TYPE, STREAMS, Rpc, publisher_of
+from fleetlab_common.events.scheduler import (
+    AgentOffline,
+    AgentOnline,
+    ExperimentAssigned,
+    ExperimentLost,
+)
+from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded
+
+__all__ = [
+    "EVENTS",
+    "EVENTS_BY_TYPE",
+    "STREAMS",
+    "AgentHardware",
+    "AgentHeartbeat",
+    "AgentOffline",
+    "AgentOnline",
+    "DeliveryFailed",
+    "DeliverySucceeded",
+    "Event",
+    "ExperimentAssigned",
+    "ExperimentFinished",
+    "ExperimentLost",
+    "ExperimentOutcome",
+    "ExperimentStarted",
+    "ExperimentStopRequested",
+    "ExperimentSubmitted",
+    "GpuInfo",
+    "LogLine",
+    "LogLinesAppended",
+    "Rpc",
+    "publisher_of",
+    "utcnow",
+]

@@ -1,0 +1,100 @@
+"""Events published by agents (stream ``AGENT``; heartbeats on core NATS)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+from fleetlab_common.events.base import Event
+
+ExperimentOutcome = Literal["succeeded", "failed", "stopped"]
+
+
+class GpuInfo(BaseModel):
+    """One GPU as NVML reports it."""
+
+    index: int
+    name: str
+    memory_mb: int
+
+
+class AgentHardware(BaseModel):
+    """What a machine is made of, as FGMachine registered it, and more."""
+
+    hostname: str = ""
+    os: str = ""
+    cpu_model: str = ""
+    cpu_count: int = 0
+    memory_mb: int = 0
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    python: str = ""
+
+
+class AgentHeartbeat(Event):
+    """An agent is alive: sent every few seconds on core NATS (stale ones are worthless)."""
+
+    STREAM: ClassVar[str | None] = None
+    type: Literal["agent.heartbeat"] = "agent.heartbeat"
+    agent_id: str
+    # A new id every time the agent process starts: tells a restarted agent from a live one.
+    instance_id: uuid.UUID
+    slots: int
+    running: list[uuid.UUID] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    hardware: AgentHardware = Field(default_factory=AgentHardware)
+    started_at: datetime | None = None
+
+
+class ExperimentStarted(Event):
+    """The agent started the experiment's process."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    type: Literal["agent.experiment.started"] = "agent.experiment.started"
+    experiment_id: uuid.UUID
+    agent_id: str
+    instance_id: uuid.UUID
+    attempt: int = 1
+    pid: int
+    argv: list[str]
+    workdir: str
+
+
+class ExperimentFinished(Event):
+    """The experiment's process ended, or could not start (``started`` is then false)."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    type: Literal["agent.experiment.finished"] = "agent.experiment.finished"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int = 1
+    status: ExperimentOutcome
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    started: bool = True
+    # How many log lines the run produced (sequence numbers 1..log_lines).
+    log_lines: int = 0
+
+
+class LogLine(BaseModel):
+    """One line of a process's output."""
+
+    seq: int
+    stream: Literal["stdout", "stderr"]
+    ts: datetime
+    line: str
+
+
+class LogLinesAppended(Event):
+    """A batch of output lines, on ``agent.log.appended.<experiment_id>``."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    ROUTE_FIELD: ClassVar[str | None] = "experiment_id"
+    type: Literal["agent.log.appended"] = "agent.log.appended"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int = 1
+    lines: list[LogLine]

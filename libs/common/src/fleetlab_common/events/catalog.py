@@ -1,0 +1,65 @@
+"""The whole event catalog: every event class, the streams that store them, the RPC subjects.
+
+This is public API ("NATS subscribers for custom tooling"): versioned additively.
+"""
+
+from __future__ import annotations
+
+from fleetlab_common.events.agent import (
+    AgentHeartbeat,
+    ExperimentFinished,
+    ExperimentStarted,
+    LogLinesAppended,
+)
+from fleetlab_common.events.api import ExperimentStopRequested, ExperimentSubmitted
+from fleetlab_common.events.base import Event
+from fleetlab_common.events.scheduler import (
+    AgentOffline,
+    AgentOnline,
+    ExperimentAssigned,
+    ExperimentLost,
+)
+from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded
+
+# One stream per publishing service; heartbeats stay on core NATS and so out of AGENT.
+STREAMS: dict[str, list[str]] = {
+    "API": ["api.>"],
+    "SCHEDULER": ["scheduler.>"],
+    "AGENT": ["agent.experiment.>", "agent.log.>"],
+    "WEBHOOKS": ["webhooks.>"],
+}
+
+EVENTS: list[type[Event]] = [
+    ExperimentSubmitted,
+    ExperimentStopRequested,
+    ExperimentAssigned,
+    ExperimentLost,
+    AgentOnline,
+    AgentOffline,
+    AgentHeartbeat,
+    ExperimentStarted,
+    ExperimentFinished,
+    LogLinesAppended,
+    DeliverySucceeded,
+    DeliveryFailed,
+]
+
+EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type(): cls for cls in EVENTS}
+
+
+
+def publisher_of(cls: type[Event]) -> str:
+    """The service that publishes ``cls``: the first token of its type names its owner."""
+    return cls.event_type().split(".", 1)[0]
+
+
+class Rpc:
+    """Request/reply subjects on core NATS (answers, not facts: never stored)."""
+
+    @staticmethod
+    def health(service: str) -> str:
+        """Each service answers its health on ``rpc.<service>.health``."""
+        return f"rpc.{service}.health"
+
+    LOG_LINES = "rpc.logstream.lines"
+    AGENTS = "rpc.scheduler.agents"

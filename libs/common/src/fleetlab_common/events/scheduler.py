@@ -1,0 +1,59 @@
+"""Events published by the scheduler (stream ``SCHEDULER``)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from fleetlab_common.events.base import Event
+from fleetlab_common.runspec import RunSpec
+
+
+class ExperimentAssigned(Event):
+    """The scheduler placed an experiment on one agent.
+
+    Published on ``scheduler.experiment.assigned.<agent_id>`` so each agent consumes only its own.
+    """
+
+    STREAM: ClassVar[str | None] = "SCHEDULER"
+    ROUTE_FIELD: ClassVar[str | None] = "agent_id"
+    type: Literal["scheduler.experiment.assigned"] = "scheduler.experiment.assigned"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int = 1
+    project: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    run: RunSpec
+
+
+class ExperimentLost(Event):
+    """An experiment's agent stopped answering; its lease expired."""
+
+    STREAM: ClassVar[str | None] = "SCHEDULER"
+    type: Literal["scheduler.experiment.lost"] = "scheduler.experiment.lost"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int
+    reason: str
+    # True when the retry policy queued the experiment again (as attempt + 1).
+    requeued: bool = False
+
+
+class AgentOnline(Event):
+    """An agent was heard from for the first time, or again after being offline."""
+
+    STREAM: ClassVar[str | None] = "SCHEDULER"
+    type: Literal["scheduler.agent.online"] = "scheduler.agent.online"
+    agent_id: str
+    hostname: str = ""
+
+
+class AgentOffline(Event):
+    """An agent missed its heartbeats for longer than its lease."""
+
+    STREAM: ClassVar[str | None] = "SCHEDULER"
+    type: Literal["scheduler.agent.offline"] = "scheduler.agent.offline"
+    agent_id: str
+    reason: str = "heartbeat lease expired"

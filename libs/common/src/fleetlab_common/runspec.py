@@ -1,0 +1,110 @@
+"""How an experiment's process is started: the run spec and FGMachine's option styles.
+
+The argv is always a list handed to ``exec`` directly (never a shell), so an option value such
+as ``"; rm -rf /"`` stays one harmless argument.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OptionStyle = Literal["plain", "single-dash", "double-dash", "function"]
+BooleanStyle = Literal["mandatory", "optional"]
+OptionValue = bool | int | float | str
+
+
+class Parameter(BaseModel):
+    """A MachineLabs parameter: one argument passed as written, after the options."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    pass_as: str = Field(alias="pass-as", min_length=1)
+
+
+class RunSpec(BaseModel):
+    """What the agent needs to start a process. Carried in the submission and assignment events."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    command: list[str] = Field(min_length=1)
+    option_style: OptionStyle = "double-dash"
+    boolean: BooleanStyle = "mandatory"
+    parameters: list[Parameter] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = None
+    max_retries: int = 0
+
+
+def _plain_value(value: OptionValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _function_value(value: OptionValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def option_args(
+    options: dict[str, OptionValue],
+    experiment_id: str,
+    style: OptionStyle,
+    boolean: BooleanStyle = "mandatory",
+) -> list[str]:
+    """The option arguments in FGMachine's style, with the experiment id appended as ``_id``.
+
+    For ``{seed: 123, model: "cnn.v2", L2: true}``: plain ``seed 123 model cnn.v2 L2 true``;
+    single-dash ``-seed 123 …``; double-dash ``--seed=123 …``. With ``boolean: optional``
+    false flags are dropped and true ones passed bare. The function style is handled by
+    :func:`build_argv`, since it rewrites the command's last word.
+    """
+    items: list[tuple[str, OptionValue]] = [*options.items(), ("_id", experiment_id)]
+    args: list[str] = []
+    for key, value in items:
+        if boolean == "optional" and isinstance(value, bool):
+            if not value:
+                continue
+            flag = {"plain": key, "single-dash": f"-{key}", "double-dash": f"--{key}"}
+            args.append(flag[style] if style in flag else key)
+            continue
+        if style == "plain":
+            args += [key, _plain_value(value)]
+        elif style == "single-dash":
+            args += [f"-{key}", _plain_value(value)]
+        elif style == "double-dash":
+            args.append(f"--{key}={_plain_value(value)}")
+        else:  # pragma: no cover - build_argv handles the function style
+            raise ValueError(style)
+    return args
+
+
+def build_argv(spec: RunSpec, options: dict[str, OptionValue], experiment_id: str) -> list[str]:
+    """The full argv for one experiment: command, options in the project's style, parameters."""
+    argv = list(spec.command)
+    if spec.option_style == "function":
+        # FGMachine: the command's last word is a function name called with 'key',value pairs,
+        # e.g. matlab -nodisplay -r "clustering('seed',123,'_id','…');".
+        fn = argv.pop() if len(argv) > 1 else "main"
+        pairs: list[str] = []
+        items: list[tuple[str, OptionValue]] = [*options.items(), ("_id", experiment_id)]
+        for key, value in items:
+            if spec.boolean == "optional" and isinstance(value, bool) and not value:
+                continue
+            pairs += [_function_value(key), _function_value(value)]
+        argv.append(f"{fn}({','.join(pairs)});")
+    else:
+        argv += option_args(options, experiment_id, spec.option_style, spec.boolean)
+    argv += [p.pass_as for p in spec.parameters]
+    return argv
+
+
+def dumps_options(options: dict[str, Any]) -> str:
+    """Options as canonical JSON (sorted keys), for hashing and comparing."""
+    return json.dumps(options, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""Test support: a pytest plugin whose fixtures start real servers once per session."""

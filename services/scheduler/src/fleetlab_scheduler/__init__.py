@@ -1,0 +1,1 @@
+"""Fleetlab scheduler service."""

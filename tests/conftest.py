@@ -1,0 +1,1 @@
+pytest_plugins = ["fleetlab_common.testing.plugin"]
