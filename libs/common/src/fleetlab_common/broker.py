@@ -7,17 +7,28 @@ named ``<consumer>-<event-type-with-dashes>`` and bounded by ``max_deliver``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import nats.js.errors
 from faststream.middlewares import AckPolicy
-from faststream.nats import ConsumerConfig, DeliverPolicy, JStream, NatsBroker, StreamConfig
+from faststream.nats import (
+    ConsumerConfig,
+    DeliverPolicy,
+    JStream,
+    NatsBroker,
+    PullSub,
+    StreamConfig,
+)
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from nats.js import JetStreamContext
 
 from fleetlab_common.events import STREAMS, Event
+from fleetlab_common.log import get_logger
 from fleetlab_common.settings import NatsSettings
+
+log = get_logger(__name__)
 
 
 def make_broker(settings: NatsSettings, service: str) -> NatsBroker:
@@ -64,9 +75,15 @@ def event_subscriber(
     consumer: str,
     settings: NatsSettings,
     *,
+    subject: str | None = None,
     ack_wait_s: float = 30.0,
+    batch_size: int = 10,
 ) -> Callable[[Callable[..., Any]], Any]:
-    """Subscribe ``consumer`` durably to every ``event`` (all instances share one queue group).
+    """Subscribe ``consumer`` durably to every ``event``: a pull consumer, so every replica of
+    a service shares the one durable consumer, and a waiting fetch hands over a new message at
+    once (push in effect, no polling interval).
+
+    ``subject`` narrows a routed event to one token (an agent takes only its own assignments).
 
     Handlers must be idempotent: delivery is at least once. An exception nacks the message
     and JetStream redelivers it, at most ``max_deliver`` times.
@@ -75,9 +92,9 @@ def event_subscriber(
         raise ValueError(f"{event.event_type()} is not stored in a stream")
     durable = consumer_name(consumer, event)
     return broker.subscriber(  # type: ignore[no-any-return]
-        event.subscribe_subject(),
-        queue=durable,
+        subject or event.subscribe_subject(),
         durable=durable,
+        pull_sub=PullSub(batch_size=batch_size, timeout=5.0),
         stream=jstream(event.STREAM, settings),
         deliver_policy=DeliverPolicy.ALL,
         config=ConsumerConfig(max_deliver=settings.max_deliver, ack_wait=ack_wait_s),
@@ -99,3 +116,26 @@ async def publish_event(broker: NatsBroker, event: Event, *, timeout: float = 5.
     await broker.publish(
         body, event.subject(), headers=event.headers(), stream=event.STREAM, timeout=timeout
     )
+
+
+async def publish_event_reliably(
+    broker: NatsBroker, event: Event, *, max_backoff_s: float = 5.0
+) -> None:
+    """Publish ``event``, retrying with backoff until the broker acknowledges it.
+
+    For a process without an outbox (the agent): the event id stays the same across retries,
+    so a retry after a lost acknowledgement is dropped by the stream as a duplicate.
+    """
+    backoff = 0.05
+    while True:
+        try:
+            await publish_event(broker, event)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "event.publish_retry", event_type=event.type, error=repr(exc), retry_in_s=backoff
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)

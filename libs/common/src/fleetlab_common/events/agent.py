@@ -75,6 +75,7 @@ class ExperimentFinished(Event):
     signal: int | None = None
     reason: str | None = None
     started: bool = True
+    started_at: datetime | None = None
     # How many log lines the run produced (sequence numbers 1..log_lines).
     log_lines: int = 0
 

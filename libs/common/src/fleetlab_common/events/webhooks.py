@@ -5,18 +5,28 @@ from __future__ import annotations
 import uuid
 from typing import ClassVar, Literal
 
+from pydantic import ConfigDict, Field
+
 from fleetlab_common.events.base import Event
+
+# The delivered event's type travels as ``event_type`` (beside ``event_id``). In Python the field
+# is ``delivered_type``: a field named ``event_type`` would shadow ``Event.event_type()``. The
+# config is spelled out in each class because the pydantic mypy plugin reads it only there.
 
 
 class DeliverySucceeded(Event):
     """An endpoint answered a delivery with a 2xx status."""
+
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
     STREAM: ClassVar[str | None] = "WEBHOOKS"
     type: Literal["webhooks.delivery.succeeded"] = "webhooks.delivery.succeeded"
     delivery_id: uuid.UUID
     endpoint_id: uuid.UUID
     event_id: uuid.UUID
-    event_type: str
+    delivered_type: str = Field(alias="event_type")
     attempt: int
     status_code: int
 
@@ -24,12 +34,16 @@ class DeliverySucceeded(Event):
 class DeliveryFailed(Event):
     """A delivery attempt failed; ``final`` when no retry is left."""
 
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
+
     STREAM: ClassVar[str | None] = "WEBHOOKS"
     type: Literal["webhooks.delivery.failed"] = "webhooks.delivery.failed"
     delivery_id: uuid.UUID
     endpoint_id: uuid.UUID
     event_id: uuid.UUID
-    event_type: str
+    delivered_type: str = Field(alias="event_type")
     attempt: int
     status_code: int | None = None
     error: str = ""

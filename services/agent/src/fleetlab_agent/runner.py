@@ -1,0 +1,250 @@
+"""One experiment's process: fresh working directory, argv without a shell, live output.
+
+The process runs in its own process group (so a stop reaches everything it started) and is
+told by the kernel to die when the agent dies (``PR_SET_PDEATHSIG``), so an experiment the
+scheduler re-queues after losing the agent never runs twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from fleetlab_common.events import ExperimentOutcome, LogLine, utcnow
+from fleetlab_common.log import get_logger
+from fleetlab_common.runspec import OptionValue, RunSpec, build_argv
+
+log = get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _die_with_agent() -> None:
+    # Runs in the child between fork and exec: only async-signal-safe work here.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+# Variables of the agent's own that an experiment must not see (its NATS credential).
+_PRIVATE_PREFIX = "FLEETLAB_"
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    status: ExperimentOutcome
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    started: bool = True
+    log_lines: int = 0
+    started_at: datetime | None = None
+
+
+PublishLines = Callable[[list[LogLine]], Awaitable[None]]
+
+
+class LogBatcher:
+    """Numbers output lines (one sequence per run, across stdout and stderr) and sends them
+    in batches: at most ``max_lines`` per batch, at most ``max_delay`` seconds late.
+    """
+
+    def __init__(self, publish: PublishLines, max_lines: int = 500, max_delay: float = 0.05):
+        self._publish = publish
+        self._max_lines = max_lines
+        self._max_delay = max_delay
+        self._buffer: list[LogLine] = []
+        self._pending = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closed = False
+        self.seq = 0
+        self._task = asyncio.create_task(self._flusher(), name="log-batcher")
+
+    def add(self, stream: str, text: str) -> None:
+        self.seq += 1
+        self._buffer.append(
+            LogLine(seq=self.seq, stream=stream, ts=utcnow(), line=text)  # type: ignore[arg-type]
+        )
+        self._pending.set()
+        if len(self._buffer) >= self._max_lines:
+            self._full.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._pending.wait()
+            if not self._closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._max_delay)
+            batch = self._buffer[: self._max_lines]
+            del self._buffer[: len(batch)]
+            if not self._buffer:
+                self._pending.clear()
+                self._full.clear()
+                if self._closed and not batch:
+                    return
+            if batch:
+                await self._publish(batch)
+            elif self._closed:
+                return
+
+    async def close(self) -> int:
+        """Send every line still buffered; return how many lines the run produced."""
+        self._closed = True
+        self._pending.set()
+        self._full.set()
+        await self._task
+        return self.seq
+
+
+def _decode(raw: bytes) -> str:
+    return raw.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+async def _pump(reader: asyncio.StreamReader | None, stream: str, batcher: LogBatcher) -> None:
+    if reader is None:
+        return
+    pending = b""
+    while chunk := await reader.read(65536):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            batcher.add(stream, _decode(line))
+    if pending:
+        batcher.add(stream, _decode(pending))
+
+
+@dataclass
+class Run:
+    """One attempt of one experiment on this agent."""
+
+    experiment_id: uuid.UUID
+    attempt: int
+    spec: RunSpec
+    options: dict[str, OptionValue]
+    workdir: Path
+    argv: list[str] = field(default_factory=list)
+    process: asyncio.subprocess.Process | None = None
+    started_at: datetime | None = None
+    stop_reason: str | None = None
+    _stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def prepare(self) -> None:
+        """A fresh working directory holding ``inputs/`` and ``outputs/``."""
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        (self.workdir / "inputs").mkdir(parents=True)
+        (self.workdir / "outputs").mkdir()
+        self.argv = build_argv(self.spec, self.options, str(self.experiment_id))
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_PRIVATE_PREFIX)}
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",  # live output from Python programs
+                "FLEETLAB_EXPERIMENT_ID": str(self.experiment_id),
+                "FLEETLAB_ATTEMPT": str(self.attempt),
+                "FLEETLAB_WORK_DIR": str(self.workdir),
+                "FLEETLAB_INPUTS_DIR": str(self.workdir / "inputs"),
+                "FLEETLAB_OUTPUTS_DIR": str(self.workdir / "outputs"),
+                "FLEETLAB_METRICS_FILE": str(self.workdir / "metrics.jsonl"),
+            }
+        )
+        env.update(self.spec.env)
+        return env
+
+    async def start(self) -> str | None:
+        """Start the process; return why it could not start, or None."""
+        self.prepare()
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.argv,
+                cwd=self.workdir,
+                env=self.environment(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_die_with_agent,  # noqa: PLW1509 - only prctl, async-signal-safe
+            )
+        except FileNotFoundError:
+            return f"command not found: {self.argv[0]}"
+        except PermissionError:
+            return f"command not executable: {self.argv[0]}"
+        except OSError as exc:
+            return f"could not start {self.argv[0]}: {exc.strerror or exc}"
+        self.started_at = utcnow()
+        return None
+
+    def _signal_group(self, sig: int, *, leftovers: bool = False) -> None:
+        # After the leader exited, its group id stays valid while any member lives.
+        if self.process is None or (self.process.returncode is not None and not leftovers):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    async def stop(self, reason: str, grace_s: float) -> None:
+        """SIGTERM to the process group, SIGKILL after ``grace_s`` seconds."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop_requested.set()
+        self._signal_group(signal.SIGTERM)
+        if self.process is None:
+            return
+        try:
+            await asyncio.wait_for(self.process.wait(), grace_s)
+        except TimeoutError:
+            self._signal_group(signal.SIGKILL)
+
+    def kill_now(self, reason: str) -> None:
+        """SIGKILL the whole group at once (the agent is going away)."""
+        self.stop_reason = reason
+        self._signal_group(signal.SIGKILL)
+
+    async def wait(self, batcher: LogBatcher, grace_s: float) -> RunResult:
+        """Stream the output until the process ends; enforce the run's ``timeout_s``."""
+        proc = self.process
+        assert proc is not None
+        pumps = asyncio.gather(
+            _pump(proc.stdout, "stdout", batcher), _pump(proc.stderr, "stderr", batcher)
+        )
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self.spec.timeout_s)
+        except TimeoutError:
+            timed_out = True
+            await self.stop(f"timed out after {self.spec.timeout_s:g} s", grace_s)
+            await proc.wait()
+        # The process is gone; anything it left in the group could hold the pipes open.
+        self._signal_group(signal.SIGKILL, leftovers=True)
+        await pumps
+        lines = await batcher.close()
+        code = proc.returncode
+        assert code is not None
+        result = RunResult(status="succeeded", log_lines=lines, started_at=self.started_at)
+        if timed_out:
+            result.status, result.reason = "failed", self.stop_reason
+        elif self._stop_requested.is_set():
+            result.status, result.reason = "stopped", self.stop_reason
+        elif code != 0:
+            result.status = "failed"
+            if code < 0:
+                result.signal = -code
+                result.reason = self.stop_reason or f"killed by signal {signal.Signals(-code).name}"
+            else:
+                result.reason = f"exit code {code}"
+        if code >= 0:
+            result.exit_code = code
+        elif result.signal is None:
+            result.signal = -code
+        return result

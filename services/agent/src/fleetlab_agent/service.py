@@ -1,0 +1,169 @@
+"""The agent: heartbeats, takes its assignments, runs them, reports how they ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+from faststream.nats import NatsBroker
+
+from fleetlab_agent.hardware import detect_hardware
+from fleetlab_agent.runner import LogBatcher, Run, RunResult
+from fleetlab_agent.settings import AgentSettings
+from fleetlab_common.broker import publish_event, publish_event_reliably
+from fleetlab_common.events import (
+    AgentHeartbeat,
+    ExperimentAssigned,
+    ExperimentFinished,
+    ExperimentStarted,
+    LogLine,
+    LogLinesAppended,
+    utcnow,
+)
+from fleetlab_common.ids import uuid7
+from fleetlab_common.log import get_logger
+
+log = get_logger(__name__)
+
+
+class Agent:
+    """State of one agent process: what it runs, and its identity for this life."""
+
+    def __init__(self, settings: AgentSettings, broker: NatsBroker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.name = settings.agent.name
+        self.instance_id = uuid7()
+        self.started_at = utcnow()
+        self.runs: dict[uuid.UUID, Run] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._beat_now = asyncio.Event()
+
+    def heartbeat(self) -> AgentHeartbeat:
+        return AgentHeartbeat(
+            agent_id=self.name,
+            instance_id=self.instance_id,
+            slots=self.settings.agent.slots,
+            running=list(self.runs),
+            labels=self.settings.agent.labels,
+            hardware=detect_hardware(),
+            started_at=self.started_at,
+        )
+
+    async def heartbeat_loop(self) -> None:
+        """Send a heartbeat every ``heartbeat_s`` seconds, and at once when capacity frees up."""
+        while True:
+            try:
+                await publish_event(self.broker, self.heartbeat())
+            except Exception as exc:  # NATS away: the next beat retries
+                log.warning("agent.heartbeat_failed", error=repr(exc))
+            self._beat_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.settings.agent.heartbeat_s)
+
+    async def handle_assigned(self, event: ExperimentAssigned) -> None:
+        """Start an assigned experiment; return once it runs (or could not start).
+
+        Redeliveries of an assignment already running here are ignored. The message is
+        acknowledged only after the started (or finished) event is stored, so an agent that
+        dies before that gets the assignment again when it comes back.
+        """
+        if event.experiment_id in self.runs:
+            log.info("agent.duplicate_assignment", experiment_id=str(event.experiment_id))
+            return
+        workdir = self.settings.work_root() / f"{event.experiment_id}-{event.attempt}"
+        run = Run(
+            experiment_id=event.experiment_id,
+            attempt=event.attempt,
+            spec=event.run,
+            options=event.options,
+            workdir=workdir,
+        )
+        failure = await run.start()
+        if failure is not None:
+            log.warning(
+                "experiment.start_failed", experiment_id=str(event.experiment_id), reason=failure
+            )
+            await self._finish(run, RunResult(status="failed", reason=failure, started=False))
+            return
+        assert run.process is not None
+        self.runs[event.experiment_id] = run
+        log.info(
+            "experiment.started",
+            experiment_id=str(event.experiment_id),
+            pid=run.process.pid,
+            argv=run.argv,
+        )
+        await publish_event_reliably(
+            self.broker,
+            ExperimentStarted(
+                experiment_id=event.experiment_id,
+                agent_id=self.name,
+                instance_id=self.instance_id,
+                attempt=event.attempt,
+                pid=run.process.pid,
+                argv=run.argv,
+                workdir=str(workdir),
+            ),
+        )
+        task = asyncio.create_task(self._watch(run), name=f"run-{event.experiment_id}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, run: Run) -> None:
+        async def publish_lines(lines: list[LogLine]) -> None:
+            await publish_event_reliably(
+                self.broker,
+                LogLinesAppended(
+                    experiment_id=run.experiment_id,
+                    agent_id=self.name,
+                    attempt=run.attempt,
+                    lines=lines,
+                ),
+            )
+
+        batcher = LogBatcher(
+            publish_lines, self.settings.agent.batch_lines, self.settings.agent.batch_delay_s
+        )
+        result = await run.wait(batcher, self.settings.agent.stop_grace_s)
+        await self._finish(run, result)
+        self.runs.pop(run.experiment_id, None)
+        self._beat_now.set()
+
+    async def _finish(self, run: Run, result: RunResult) -> None:
+        log.info(
+            "experiment.finished",
+            experiment_id=str(run.experiment_id),
+            status=result.status,
+            exit_code=result.exit_code,
+            reason=result.reason,
+        )
+        await publish_event_reliably(
+            self.broker,
+            ExperimentFinished(
+                experiment_id=run.experiment_id,
+                agent_id=self.name,
+                attempt=run.attempt,
+                status=result.status,
+                exit_code=result.exit_code,
+                signal=result.signal,
+                reason=result.reason,
+                started=result.started,
+                started_at=result.started_at,
+                log_lines=result.log_lines,
+            ),
+        )
+
+    async def shutdown(self) -> None:
+        """The agent is stopping: its experiments' processes go with it, at once."""
+        for run in self.runs.values():
+            run.kill_now("the agent shut down during the run")
+        # Report how they ended while NATS is still there; give up quickly if it is not.
+        if self._watchers:
+            await asyncio.wait(list(self._watchers), timeout=3.0)
+        for task in list(self._watchers):
+            task.cancel()
+        for task in list(self._watchers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,58 @@
+"""Agent settings: ``FLEETLAB_NATS__URL`` is the only credential an agent holds."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+
+from fleetlab_common.settings import CommonSettings
+
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def default_name() -> str:
+    """The host name, made a valid NATS subject token."""
+    return _TOKEN.sub("-", socket.gethostname()).strip("-") or "agent"
+
+
+class AgentOptions(BaseModel):
+    """``FLEETLAB_AGENT__*``."""
+
+    name: str = Field(default_factory=default_name)
+    slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    labels: list[str] = Field(default_factory=list)
+    work_dir: Path | None = None
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    stop_grace_s: float = Field(default=10.0, ge=0)
+    # Output lines are sent in batches: at most this many, at most this late.
+    batch_lines: int = 500
+    batch_delay_s: float = 0.05
+
+    @field_validator("name")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not value or _TOKEN.search(value):
+            raise ValueError("agent name may hold only letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+
+class AgentSettings(CommonSettings):
+    """Settings of ``python -m fleetlab_agent``."""
+
+    port: int = 5084
+    agent: AgentOptions = Field(default_factory=AgentOptions)
+
+    def work_root(self) -> Path:
+        root = self.agent.work_dir or self.home / "agent" / self.agent.name / "work"
+        return root.absolute()

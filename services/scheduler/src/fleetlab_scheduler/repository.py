@@ -1,0 +1,214 @@
+"""All of the scheduler's SQL (schema ``scheduler``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from fleetlab_common.events import AgentHeartbeat, ExperimentSubmitted
+
+
+async def insert_experiment(conn: asyncpg.Connection, event: ExperimentSubmitted) -> bool:
+    """Queue a submitted experiment; False when it was already queued (a redelivery)."""
+    inserted = await conn.fetchval(
+        """INSERT INTO experiments (id, project, options, run, priority, status, submitted_at)
+           VALUES ($1, $2, $3, $4, $5, 'queued', $6)
+           ON CONFLICT (id) DO NOTHING RETURNING true""",
+        event.experiment_id,
+        event.project,
+        event.options,
+        json.loads(event.run.model_dump_json(by_alias=True)),
+        event.priority,
+        event.occurred_at,
+    )
+    return bool(inserted)
+
+
+async def upsert_agent(conn: asyncpg.Connection, hb: AgentHeartbeat) -> asyncpg.Record | None:
+    """Record a heartbeat; return the agent's previous row (None for a new agent)."""
+    previous: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, instance_id, online FROM agents WHERE id = $1 FOR UPDATE", hb.agent_id
+    )
+    await conn.execute(
+        """INSERT INTO agents (id, instance_id, hostname, slots, labels, hardware, running,
+                               online, last_seen)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, true, now())
+           ON CONFLICT (id) DO UPDATE SET
+               instance_id = EXCLUDED.instance_id, hostname = EXCLUDED.hostname,
+               slots = EXCLUDED.slots, labels = EXCLUDED.labels, hardware = EXCLUDED.hardware,
+               running = EXCLUDED.running, online = true, last_seen = now()""",
+        hb.agent_id,
+        hb.instance_id,
+        hb.hardware.hostname,
+        hb.slots,
+        hb.labels,
+        hb.hardware.model_dump(),
+        hb.running,
+    )
+    return previous
+
+
+async def experiments_of_old_instance(
+    conn: asyncpg.Connection, agent_id: str, instance_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    """Experiments marked running on ``agent_id`` by another (dead) instance of it."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT id, attempt, run FROM experiments
+           WHERE agent_id = $1 AND status = 'running' AND agent_instance <> $2
+           FOR UPDATE""",
+        agent_id,
+        instance_id,
+    )
+    return rows
+
+
+async def expired_agents(conn: asyncpg.Connection, lease_s: float) -> list[asyncpg.Record]:
+    """Online agents whose last heartbeat is older than ``lease_s``; marks them offline."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """UPDATE agents SET online = false
+           WHERE online AND last_seen < now() - make_interval(secs => $1)
+           RETURNING id""",
+        lease_s,
+    )
+    return rows
+
+
+async def active_on_agent(conn: asyncpg.Connection, agent_id: str) -> list[asyncpg.Record]:
+    """Experiments assigned to or running on ``agent_id``, locked."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT id, attempt, run, status FROM experiments
+           WHERE agent_id = $1 AND status IN ('assigned', 'running') FOR UPDATE""",
+        agent_id,
+    )
+    return rows
+
+
+async def mark_lost(
+    conn: asyncpg.Connection, experiment_id: uuid.UUID, reason: str, requeue: bool
+) -> None:
+    """An experiment lost its agent: queue it again as the next attempt, or give it up."""
+    if requeue:
+        await conn.execute(
+            """UPDATE experiments SET status = 'queued', attempt = attempt + 1, agent_id = NULL,
+                   agent_instance = NULL, assigned_at = NULL, started_at = NULL, reason = $2
+               WHERE id = $1""",
+            experiment_id,
+            reason,
+        )
+    else:
+        await conn.execute(
+            """UPDATE experiments SET status = 'lost', finished_at = now(), outcome = 'lost',
+                   reason = $2 WHERE id = $1""",
+            experiment_id,
+            reason,
+        )
+
+
+async def free_slots(conn: asyncpg.Connection) -> dict[str, int]:
+    """Free slots of each online agent (locks the agent rows: one placement at a time)."""
+    await conn.execute("SELECT 1 FROM agents WHERE online ORDER BY id FOR UPDATE")
+    rows = await conn.fetch(
+        """SELECT a.id, a.slots - count(e.id) AS free
+           FROM agents a
+           LEFT JOIN experiments e
+             ON e.agent_id = a.id AND e.status IN ('assigned', 'running')
+           WHERE a.online
+           GROUP BY a.id, a.slots
+           ORDER BY a.id"""
+    )
+    return {r["id"]: int(r["free"]) for r in rows if r["free"] > 0}
+
+
+async def next_queued(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The next experiments to place: highest priority first, then oldest."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT id, project, options, run, attempt FROM experiments
+           WHERE status = 'queued'
+           ORDER BY priority DESC, submitted_at, id
+           LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        limit,
+    )
+    return rows
+
+
+async def assign(conn: asyncpg.Connection, experiment_id: uuid.UUID, agent_id: str) -> None:
+    await conn.execute(
+        """UPDATE experiments SET status = 'assigned', agent_id = $2, assigned_at = now()
+           WHERE id = $1""",
+        experiment_id,
+        agent_id,
+    )
+
+
+async def mark_started(
+    conn: asyncpg.Connection,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    agent_id: str,
+    instance_id: uuid.UUID,
+    at: datetime,
+) -> bool:
+    """assigned → running; False when the event is stale (another attempt, or already over)."""
+    updated = await conn.fetchval(
+        """UPDATE experiments SET status = 'running', started_at = $5, agent_id = $3,
+               agent_instance = $4
+           WHERE id = $1 AND attempt = $2 AND status IN ('queued', 'assigned')
+           RETURNING true""",
+        experiment_id,
+        attempt,
+        agent_id,
+        instance_id,
+        at,
+    )
+    return bool(updated)
+
+
+async def mark_finished(
+    conn: asyncpg.Connection,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    outcome: str,
+    reason: str | None,
+    at: datetime,
+) -> bool:
+    """→ done; False when the event is stale."""
+    updated = await conn.fetchval(
+        """UPDATE experiments SET status = 'done', outcome = $3, reason = $4, finished_at = $5
+           WHERE id = $1 AND attempt = $2 AND status IN ('queued', 'assigned', 'running')
+           RETURNING true""",
+        experiment_id,
+        attempt,
+        outcome,
+        reason,
+        at,
+    )
+    return bool(updated)
+
+
+async def agents_summary(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every known agent with its capacity in use (for ``rpc.scheduler.agents``)."""
+    rows = await conn.fetch(
+        """SELECT a.id, a.hostname, a.slots, a.labels, a.hardware, a.online, a.last_seen,
+                  count(e.id) AS busy
+           FROM agents a
+           LEFT JOIN experiments e
+             ON e.agent_id = a.id AND e.status IN ('assigned', 'running')
+           GROUP BY a.id ORDER BY a.id"""
+    )
+    return [
+        {
+            "id": r["id"],
+            "hostname": r["hostname"],
+            "slots": r["slots"],
+            "busy": r["busy"],
+            "labels": list(r["labels"]),
+            "hardware": r["hardware"],
+            "online": r["online"],
+            "last_seen": r["last_seen"].isoformat(),
+        }
+        for r in rows
+    ]
