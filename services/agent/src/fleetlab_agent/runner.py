@@ -88,14 +88,13 @@ class LogBatcher:
                     await asyncio.wait_for(self._full.wait(), self._max_delay)
             batch = self._buffer[: self._max_lines]
             del self._buffer[: len(batch)]
+            if len(self._buffer) < self._max_lines:
+                self._full.clear()
             if not self._buffer:
                 self._pending.clear()
-                self._full.clear()
-                if self._closed and not batch:
-                    return
             if batch:
                 await self._publish(batch)
-            elif self._closed:
+            if self._closed and not self._buffer:
                 return
 
     async def close(self) -> int:

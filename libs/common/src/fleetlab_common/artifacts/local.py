@@ -70,7 +70,7 @@ def compute_signature(secret: bytes, op: str, key: str, expires: int) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def verify_signature(
+def verify_signature(  # noqa: PLR0917 - the signature the API route is written against
     secret: bytes,
     op: str,
     key: str,
@@ -221,11 +221,14 @@ class LocalArtifactStore:
                 yield chunk
 
         try:
-            st = _atomic_write(target, hashed(), self._objects)
+            st = _atomic_write(target, hashed(), in_store=True)
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            other = self._collision(key)
+            if other is None:
+                raise  # not a clash between keys (e.g. the root itself is a file)
             raise ArtifactKeyError(
                 key,
-                "collides with another key in the local store: a key cannot also be a "
+                f"collides with {other} in the local store, where a key cannot also be a "
                 "folder of keys (like 'a' and 'a/b')",
             ) from exc
         sha256 = digest.hexdigest()
@@ -236,7 +239,7 @@ class LocalArtifactStore:
             "mtime_ns": st.st_mtime_ns,
             "ino": st.st_ino,
         }
-        _atomic_write(self._meta_path(key), (json.dumps(sidecar).encode(),), self._meta)
+        _atomic_write(self._meta_path(key), (json.dumps(sidecar).encode(),), in_store=True)
         return ArtifactInfo(
             key=key,
             size=st.st_size,
@@ -244,6 +247,18 @@ class LocalArtifactStore:
             content_type=content_type,
             modified_at=_mtime(st),
         )
+
+    def _collision(self, key: str) -> str | None:
+        """What stored path keeps ``key`` from being written, if another key's."""
+        if not self._objects.is_dir():
+            return None
+        parts = key.split("/")
+        for depth in range(1, len(parts)):
+            if self._objects.joinpath(*parts[:depth]).is_file():
+                return f"key {'/'.join(parts[:depth])!r}"
+        if self._object_path(key).is_dir():
+            return f"keys under {key + '/'!r}"
+        return None
 
     def _open_content(self, key: str) -> int:
         try:
@@ -262,7 +277,7 @@ class LocalArtifactStore:
 
     def _get_file(self, key: str, dest: Path) -> None:
         with open(self._open_content(key), "rb") as source:  # noqa: PTH123 - fd, not a path
-            _atomic_write(dest, iter(lambda: source.read(CHUNK_SIZE), b""), None)
+            _atomic_write(dest, iter(lambda: source.read(CHUNK_SIZE), b""), in_store=False)
 
     def _stat(self, key: str) -> ArtifactInfo | None:
         try:
@@ -357,7 +372,7 @@ def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC)
 
 
-def _open_temp(directory: Path, stop: Path | None) -> tuple[int, Path]:
+def _open_temp(directory: Path, in_store: bool) -> tuple[int, Path]:
     """Create and open a fresh temporary file in ``directory``, making the folder as needed."""
     for _ in range(_MKDIR_ATTEMPTS):
         directory.mkdir(parents=True, exist_ok=True)
@@ -366,18 +381,18 @@ def _open_temp(directory: Path, stop: Path | None) -> tuple[int, Path]:
             # 0o666 lets the umask decide, as for any file the process makes.
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileNotFoundError:
-            if stop is None:
+            if not in_store:
                 raise
             continue  # a concurrent delete pruned the folder we just made
     raise FileNotFoundError(f"could not keep folder {directory} in place to write to it")
 
 
-def _atomic_write(target: Path, chunks: Iterable[bytes], stop: Path | None) -> os.stat_result:
+def _atomic_write(target: Path, chunks: Iterable[bytes], in_store: bool) -> os.stat_result:
     """Write ``chunks`` to ``target`` through a temp file and ``os.replace``; stat of the result.
 
-    ``stop`` is the store folder that concurrent deletes prune up to (``None`` outside it).
+    ``in_store``: ``target`` lies in the store, whose empty folders concurrent deletes prune.
     """
-    fd, tmp = _open_temp(target.parent, stop)
+    fd, tmp = _open_temp(target.parent, in_store)
     try:
         with open(fd, "wb", closefd=True) as out:  # noqa: PTH123 - fd, not a path
             for chunk in chunks:
@@ -385,7 +400,7 @@ def _atomic_write(target: Path, chunks: Iterable[bytes], stop: Path | None) -> o
             out.flush()
             os.fsync(out.fileno())
             st = os.fstat(out.fileno())
-        os.replace(tmp, target)
+        tmp.replace(target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

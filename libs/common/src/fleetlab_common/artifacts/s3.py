@@ -120,10 +120,9 @@ def _metadata_value(metadata: Mapping[str, Any] | None, name: str) -> str | None
     if not metadata:
         return None
     wanted = {name.lower(), f"x-amz-meta-{name.lower()}"}
-    for key, value in metadata.items():
+    for key, raw in metadata.items():
         if str(key).lower() in wanted:
-            if isinstance(value, list | tuple):
-                value = value[0] if value else None
+            value = (raw[0] if raw else None) if isinstance(raw, list | tuple) else raw
             return None if value is None else str(value)
     return None
 
@@ -150,7 +149,7 @@ class S3ArtifactStore:
     bucket's region up, which also makes presigning a local computation.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - mirrors the settings' fields, in their order
         self,
         endpoint: str,
         access_key: str,

@@ -1,0 +1,27 @@
+"""FastAPI dependency aliases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+
+from fleetlab_api.state import State
+
+
+def get_state(request: Request) -> State:
+    state: State = request.app.state.fleetlab
+    return state
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+async def get_conn(state: StateDep) -> AsyncIterator[asyncpg.Connection]:
+    async with state.db().acquire() as conn:
+        yield conn
+
+
+ConnDep = Annotated[asyncpg.Connection, Depends(get_conn)]

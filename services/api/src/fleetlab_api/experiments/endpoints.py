@@ -1,0 +1,81 @@
+"""``/api/v1/experiments``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+
+from fleetlab_api.deps import ConnDep, StateDep
+from fleetlab_api.errors import InvalidError
+from fleetlab_api.experiments import repository as repo
+from fleetlab_api.experiments import service
+from fleetlab_api.experiments.schemas import Experiment, ExperimentCreate, ExperimentPage, Status
+from fleetlab_api.projects import service as projects
+
+router = APIRouter(prefix="/api/v1/experiments", tags=["experiments"])
+
+
+@router.post("", status_code=201, response_model=Experiment)
+async def submit_experiment(body: ExperimentCreate, conn: ConnDep, state: StateDep) -> Experiment:
+    """Queue an experiment: options are checked against the project's schema first."""
+    return await service.submit(conn, state.outbox(), body)
+
+
+@router.get("", response_model=ExperimentPage)
+async def list_experiments(
+    conn: ConnDep,
+    project: str | None = None,
+    status: Status | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ExperimentPage:
+    """Experiments, newest first, ``limit`` at a time."""
+    project_id = (await projects.get(conn, project)).id if project else None
+    before = None
+    if cursor:
+        try:
+            before = uuid.UUID(cursor)
+        except ValueError:
+            raise InvalidError("invalid cursor", {"cursor": "not a cursor from `next`"}) from None
+    items = await repo.page(
+        conn, project_id=project_id, status=status, before=before, limit=limit + 1
+    )
+    more = len(items) > limit
+    items = items[:limit]
+    return ExperimentPage(items=items, next=str(items[-1].id) if more else None)
+
+
+@router.get("/{ref}", response_model=Experiment)
+async def get_experiment(ref: str, conn: ConnDep) -> Experiment:
+    """One experiment."""
+    return await service.get(conn, ref)
+
+
+@router.get("/{ref}/logs", response_class=PlainTextResponse)
+async def get_logs(
+    ref: str,
+    conn: ConnDep,
+    state: StateDep,
+    stream: Literal["stdout", "stderr"] | None = None,
+    from_seq: Annotated[int, Query(ge=1)] = 1,
+    to_seq: Annotated[int | None, Query(ge=1)] = None,
+    download: bool = False,
+) -> PlainTextResponse:
+    """The output of the latest attempt as text, every line in order."""
+    experiment = await service.get(conn, ref)
+    lines = await service.read_lines(
+        state.broker,
+        experiment,
+        stream=stream,
+        from_seq=from_seq,
+        to_seq=to_seq,
+        timeout_s=state.settings.rpc_timeout_s,
+    )
+    text = "".join(f"{ln.line}\n" for ln in lines)
+    headers = {"X-Log-Lines": str(len(lines))}
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="{experiment.id}.log"'
+    return PlainTextResponse(text, headers=headers)

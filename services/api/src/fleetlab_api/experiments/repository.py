@@ -1,0 +1,165 @@
+"""All SQL on the experiments read model."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from fleetlab_api.experiments.schemas import Experiment
+
+_SELECT = """SELECT e.*, p.name AS project FROM experiments e
+             JOIN projects p ON p.id = e.project_id"""
+
+
+def _to_experiment(row: asyncpg.Record) -> Experiment:
+    return Experiment.model_validate({**dict(row), "tags": list(row["tags"])})
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    experiment_id: uuid.UUID,
+    project_id: uuid.UUID,
+    options: dict[str, Any],
+    name: str | None,
+    priority: int,
+    tags: list[str],
+) -> Experiment:
+    await conn.execute(
+        """INSERT INTO experiments (id, project_id, options, name, priority, tags)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        experiment_id,
+        project_id,
+        options,
+        name,
+        priority,
+        tags,
+    )
+    found = await get(conn, experiment_id)
+    assert found is not None
+    return found
+
+
+async def get(conn: asyncpg.Connection, experiment_id: uuid.UUID) -> Experiment | None:
+    row = await conn.fetchrow(f"{_SELECT} WHERE e.id = $1", experiment_id)
+    return _to_experiment(row) if row else None
+
+
+async def page(
+    conn: asyncpg.Connection,
+    *,
+    project_id: uuid.UUID | None,
+    status: str | None,
+    before: uuid.UUID | None,
+    limit: int,
+) -> list[Experiment]:
+    """Newest first, keyset-paged on the (time-ordered) id: stable under inserts."""
+    rows = await conn.fetch(
+        f"""{_SELECT}
+            WHERE ($1::uuid IS NULL OR e.project_id = $1)
+              AND ($2::text IS NULL OR e.status = $2)
+              AND ($3::uuid IS NULL OR e.id < $3)
+            ORDER BY e.id DESC LIMIT $4""",
+        project_id,
+        status,
+        before,
+        limit,
+    )
+    return [_to_experiment(r) for r in rows]
+
+
+# The read model follows events. Each update names the states it may leave, so a stale or
+# out-of-order event (another attempt's, or one arriving after the end) changes nothing.
+
+
+async def record_assigned(
+    conn: asyncpg.Connection, experiment_id: uuid.UUID, attempt: int, agent_id: str
+) -> None:
+    await conn.execute(
+        """UPDATE experiments SET agent_id = $3
+           WHERE id = $1 AND attempt = $2 AND status = 'queued'""",
+        experiment_id,
+        attempt,
+        agent_id,
+    )
+
+
+async def record_started(
+    conn: asyncpg.Connection,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    agent_id: str,
+    at: datetime,
+) -> None:
+    await conn.execute(
+        """UPDATE experiments SET status = 'running', started_at = $4, agent_id = $3,
+               status_reason = NULL
+           WHERE id = $1 AND attempt = $2 AND status = 'queued'""",
+        experiment_id,
+        attempt,
+        agent_id,
+        at,
+    )
+
+
+async def record_finished(
+    conn: asyncpg.Connection,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    *,
+    status: str,
+    agent_id: str,
+    exit_code: int | None,
+    signal: int | None,
+    reason: str | None,
+    started_at: datetime | None,
+    finished_at: datetime,
+    log_lines: int,
+) -> None:
+    await conn.execute(
+        """UPDATE experiments SET status = $3, agent_id = $4, exit_code = $5, signal = $6,
+               status_reason = $7, started_at = coalesce(started_at, $8), finished_at = $9,
+               log_lines = $10
+           WHERE id = $1 AND attempt = $2 AND status IN ('queued', 'running')""",
+        experiment_id,
+        attempt,
+        status,
+        agent_id,
+        exit_code,
+        signal,
+        reason,
+        started_at,
+        finished_at,
+        log_lines,
+    )
+
+
+async def record_lost(
+    conn: asyncpg.Connection,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    reason: str,
+    requeued: bool,
+    at: datetime,
+) -> None:
+    if requeued:
+        await conn.execute(
+            """UPDATE experiments SET status = 'queued', attempt = attempt + 1, agent_id = NULL,
+                   started_at = NULL, status_reason = $3
+               WHERE id = $1 AND attempt = $2 AND status IN ('queued', 'running')""",
+            experiment_id,
+            attempt,
+            f"lost on attempt {attempt} ({reason}); queued again",
+        )
+    else:
+        await conn.execute(
+            """UPDATE experiments SET status = 'lost', status_reason = $3, finished_at = $4
+               WHERE id = $1 AND attempt = $2 AND status IN ('queued', 'running')""",
+            experiment_id,
+            attempt,
+            reason,
+            at,
+        )
+

@@ -1,0 +1,56 @@
+"""Experiment schemas."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "running", "succeeded", "failed", "stopped", "lost"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
+
+
+class ExperimentCreate(BaseModel):
+    """``POST /api/v1/experiments``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str = Field(min_length=1, description="The project's id or name.")
+    options: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = Field(default=None, max_length=200)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class Experiment(BaseModel):
+    """An experiment record."""
+
+    id: uuid.UUID
+    project: str
+    project_id: uuid.UUID
+    options: dict[str, Any]
+    name: str | None
+    notes: str
+    status: Status
+    status_reason: str | None
+    agent_id: str | None
+    attempt: int
+    exit_code: int | None
+    log_lines: int | None
+    priority: int
+    tags: list[str]
+    results: dict[str, Any]
+    code: str | None = None
+    sweep_id: uuid.UUID | None = None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExperimentPage(BaseModel):
+    """A page of experiments; pass ``next`` as ``cursor`` for the following page."""
+
+    items: list[Experiment]
+    next: str | None

@@ -1,0 +1,107 @@
+"""Experiment logic: submission (state and event in one transaction) and reading logs."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+from faststream.nats import NatsBroker
+
+from fleetlab_api.errors import ApiError, InvalidError, NotFoundError
+from fleetlab_api.experiments import repository as repo
+from fleetlab_api.experiments.schemas import TERMINAL, Experiment, ExperimentCreate
+from fleetlab_api.projects import repository as projects
+from fleetlab_api.projects.schemas import validate_options
+from fleetlab_common.db.outbox import OutboxRelay, enqueue
+from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
+from fleetlab_common.ids import uuid7
+from fleetlab_common.log import get_logger
+
+log = get_logger(__name__)
+
+
+async def submit(
+    conn: asyncpg.Connection, relay: OutboxRelay, body: ExperimentCreate
+) -> Experiment:
+    """Check the options against the project's schema, record the experiment and its
+    ``api.experiment.submitted`` event in one transaction, then publish."""
+    project = await projects.get(conn, body.project)
+    if project is None:
+        raise InvalidError(
+            f"unknown project {body.project!r}", {"project": "no project has this id or name"}
+        )
+    options, errors = validate_options(project.schema_, body.options)
+    if errors:
+        raise InvalidError(
+            "options do not fit the project's schema: "
+            + "; ".join(f"{k}: {v}" for k, v in errors.items()),
+            errors,
+        )
+    experiment_id = uuid7()
+    async with conn.transaction():
+        experiment = await repo.insert(
+            conn, experiment_id, project.id, options, body.name, body.priority, body.tags
+        )
+        await enqueue(
+            conn,
+            ExperimentSubmitted(
+                experiment_id=experiment_id,
+                project_id=project.id,
+                project=project.name,
+                options=options,
+                run=project.run_spec(),
+                priority=body.priority,
+            ),
+        )
+    relay.kick()
+    log.info("experiment.submitted", experiment_id=str(experiment_id), project=project.name)
+    return experiment
+
+
+async def get(conn: asyncpg.Connection, ref: str) -> Experiment:
+    try:
+        experiment_id = uuid.UUID(ref)
+    except ValueError:
+        raise NotFoundError("experiment", ref) from None
+    experiment = await repo.get(conn, experiment_id)
+    if experiment is None:
+        raise NotFoundError("experiment", ref)
+    return experiment
+
+
+async def read_lines(
+    broker: NatsBroker,
+    experiment: Experiment,
+    *,
+    stream: str | None,
+    from_seq: int,
+    to_seq: int | None,
+    timeout_s: float,
+) -> list[LogLine]:
+    """Every stored line in range, asked of logstream page by page over NATS.
+
+    For a finished run the API knows how many lines it produced, so logstream waits briefly
+    for a last batch still on its way instead of answering short.
+    """
+    expected = experiment.log_lines if experiment.status in TERMINAL else None
+    lines: list[LogLine] = []
+    next_seq: int | None = from_seq
+    while next_seq is not None:
+        query = {
+            "experiment_id": str(experiment.id),
+            "attempt": experiment.attempt,
+            "stream": stream,
+            "from_seq": next_seq,
+            "to_seq": to_seq,
+            "min_count": expected,
+        }
+        try:
+            reply = await broker.request(query, Rpc.LOG_LINES, timeout=timeout_s)
+        except TimeoutError:
+            raise ApiError(503, "the log service did not answer in time") from None
+        page = await reply.decode()
+        if not isinstance(page, dict) or "lines" not in page:
+            raise ApiError(503, "the log service gave an unexpected answer")
+        lines += [LogLine.model_validate(ln) for ln in page["lines"]]
+        next_seq = page.get("next_seq")
+    return lines

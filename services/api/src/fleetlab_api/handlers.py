@@ -1,0 +1,90 @@
+"""The API's subscribers: keep the experiments read model in step with the events."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import structlog
+from faststream.nats import NatsBroker
+
+from fleetlab_api.experiments import repository as repo
+from fleetlab_api.state import State
+from fleetlab_common.broker import event_subscriber
+from fleetlab_common.db.inbox import first_delivery
+from fleetlab_common.events import (
+    Event,
+    ExperimentAssigned,
+    ExperimentFinished,
+    ExperimentLost,
+    ExperimentStarted,
+)
+
+CONSUMER = "api"
+
+
+def register(broker: NatsBroker, state: State) -> None:
+    nats = state.settings.nats
+
+    async def apply(
+        event: Event, experiment_id: object, change: Callable[[asyncpg.Connection], Awaitable[None]]
+    ) -> None:
+        with structlog.contextvars.bound_contextvars(experiment_id=str(experiment_id)):
+            async with state.db().acquire() as conn, conn.transaction():
+                if await first_delivery(conn, CONSUMER, event):
+                    await change(conn)
+
+    @event_subscriber(broker, ExperimentAssigned, CONSUMER, nats)
+    async def handle_experiment_assigned(event: ExperimentAssigned) -> None:
+        await apply(
+            event,
+            event.experiment_id,
+            lambda conn: repo.record_assigned(
+                conn, event.experiment_id, event.attempt, event.agent_id
+            ),
+        )
+
+    @event_subscriber(broker, ExperimentStarted, CONSUMER, nats)
+    async def handle_experiment_started(event: ExperimentStarted) -> None:
+        await apply(
+            event,
+            event.experiment_id,
+            lambda conn: repo.record_started(
+                conn, event.experiment_id, event.attempt, event.agent_id, event.occurred_at
+            ),
+        )
+
+    @event_subscriber(broker, ExperimentFinished, CONSUMER, nats)
+    async def handle_experiment_finished(event: ExperimentFinished) -> None:
+        await apply(
+            event,
+            event.experiment_id,
+            lambda conn: repo.record_finished(
+                conn,
+                event.experiment_id,
+                event.attempt,
+                status=event.status,
+                agent_id=event.agent_id,
+                exit_code=event.exit_code,
+                signal=event.signal,
+                reason=event.reason,
+                started_at=event.started_at,
+                finished_at=event.occurred_at,
+                log_lines=event.log_lines,
+            ),
+        )
+
+    @event_subscriber(broker, ExperimentLost, CONSUMER, nats)
+    async def handle_experiment_lost(event: ExperimentLost) -> None:
+        await apply(
+            event,
+            event.experiment_id,
+            lambda conn: repo.record_lost(
+                conn,
+                event.experiment_id,
+                event.attempt,
+                event.reason,
+                event.requeued,
+                event.occurred_at,
+            ),
+        )

@@ -1,0 +1,1 @@
+"""Projects: a name, a typed options schema and a run spec."""

@@ -1,0 +1,64 @@
+"""All SQL on projects."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import asyncpg
+
+from fleetlab_api.projects.schemas import Project, ProjectCreate
+from fleetlab_common.ids import uuid7
+
+
+def _to_project(row: asyncpg.Record) -> Project:
+    run = row["run"]
+    return Project.model_validate(
+        {
+            "id": row["id"],
+            "name": row["name"],
+            "schema": row["schema"],
+            **run,
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
+    )
+
+
+def _ref_clause(ref: str) -> tuple[str, object]:
+    try:
+        return "id = $1", uuid.UUID(ref)
+    except ValueError:
+        return "name = $1", ref
+
+
+async def get(conn: asyncpg.Connection, ref: str) -> Project | None:
+    """A project by id or by name."""
+    clause, value = _ref_clause(ref)
+    row = await conn.fetchrow(f"SELECT * FROM projects WHERE {clause}", value)
+    return _to_project(row) if row else None
+
+
+async def get_by_id(conn: asyncpg.Connection, project_id: uuid.UUID) -> Project | None:
+    row = await conn.fetchrow("SELECT * FROM projects WHERE id = $1", project_id)
+    return _to_project(row) if row else None
+
+
+async def insert(conn: asyncpg.Connection, body: ProjectCreate) -> Project | None:
+    """Insert a project; None when the name is taken."""
+    run = json.loads(body.run_spec().model_dump_json(by_alias=True))
+    schema = {k: v.model_dump(exclude_none=True) for k, v in body.schema_.items()}
+    row = await conn.fetchrow(
+        """INSERT INTO projects (id, name, schema, run) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (name) DO NOTHING RETURNING *""",
+        uuid7(),
+        body.name,
+        schema,
+        run,
+    )
+    return _to_project(row) if row else None
+
+
+async def list_all(conn: asyncpg.Connection) -> list[Project]:
+    rows = await conn.fetch("SELECT * FROM projects ORDER BY name")
+    return [_to_project(r) for r in rows]

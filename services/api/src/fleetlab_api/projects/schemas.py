@@ -1,0 +1,158 @@
+"""Project schemas: FGLab's flat options schema and the run spec, as the API reads them."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
+
+OptionType = Literal["int", "float", "bool", "string", "enum"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class OptionSpec(BaseModel):
+    """One option of an FGLab schema: ``type``, ``default``, and ``values`` for enums."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: OptionType
+    default: Any = None
+    values: list[OptionValue] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OptionSpec:
+        if self.type == "enum":
+            if not self.values:
+                raise ValueError("an enum needs a non-empty 'values' list")
+        elif self.values is not None:
+            raise ValueError(f"'values' is only for enums, not {self.type}")
+        if self.default is not None:
+            # A default is held to the same rules as a submitted value, so that the string
+            # "false" given for a bool is refused here rather than at every submission.
+            error = check_value(self, self.default)[1]
+            if error:
+                raise ValueError(f"default {self.default!r}: {error}")
+        return self
+
+
+def check_value(spec: OptionSpec, value: Any) -> tuple[OptionValue | None, str | None]:
+    """FGLab's rules for one value: (the normalised value, None) or (None, why it is wrong)."""
+    if spec.type == "bool":
+        if isinstance(value, bool):
+            return value, None
+        return None, f"must be true or false, not {value!r}"
+    if spec.type == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"must be an integer, not {value!r}"
+        if isinstance(value, float) and not value.is_integer():
+            return None, f"must be an integer, not {value!r}"
+        return int(value), None
+    if spec.type == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"must be a number, not {value!r}"
+        if not math.isfinite(value):
+            return None, f"must be a finite number, not {value!r}"
+        return float(value), None
+    if spec.type == "string":
+        if not isinstance(value, str) or not value:
+            return None, f"must be a non-empty string, not {value!r}"
+        return value, None
+    assert spec.values is not None
+    # Same type and value: JSON's true must not match an enum value 1.
+    if not any(type(v) is type(value) and v == value for v in spec.values):
+        return None, f"must be one of {spec.values!r}, not {value!r}"
+    return value, None
+
+
+def validate_options(
+    schema: dict[str, OptionSpec], given: dict[str, Any]
+) -> tuple[dict[str, OptionValue], dict[str, str]]:
+    """Defaults filled, unknown keys refused by name, every value checked by its type.
+
+    Returns the complete option set and the errors by field (``options.<key>``).
+    """
+    errors: dict[str, str] = {}
+    options: dict[str, OptionValue] = {}
+    for key in given:
+        if key not in schema:
+            errors[f"options.{key}"] = "unknown option: the project's schema has no such key"
+    for key, spec in schema.items():
+        if key in given:
+            value, error = check_value(spec, given[key])
+            if error:
+                errors[f"options.{key}"] = error
+            elif value is not None:
+                options[key] = value
+        elif spec.default is not None:
+            options[key] = check_value(spec, spec.default)[0]  # type: ignore[assignment]
+        else:
+            errors[f"options.{key}"] = "required: the option has no default"
+    return options, errors
+
+
+class ProjectCreate(BaseModel):
+    """``POST /api/v1/projects``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique; usable wherever an id is.")
+    command: list[str] = Field(min_length=1, description="argv, run without a shell")
+    schema_: dict[str, OptionSpec] = Field(default_factory=dict, alias="schema")
+    option_style: OptionStyle = "double-dash"
+    boolean: BooleanStyle = "mandatory"
+    parameters: list[Parameter] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(default=None, gt=0)
+    max_retries: int = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _command_words(self) -> ProjectCreate:
+        if any(not word for word in self.command):
+            raise ValueError("command: every word must be a non-empty string")
+        return self
+
+    def run_spec(self) -> RunSpec:
+        return RunSpec(
+            command=self.command,
+            option_style=self.option_style,
+            boolean=self.boolean,
+            parameters=self.parameters,
+            env=self.env,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+
+
+class Project(BaseModel):
+    """A project as the API returns it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: uuid.UUID
+    name: str
+    schema_: dict[str, OptionSpec] = Field(alias="schema", serialization_alias="schema")
+    command: list[str]
+    option_style: OptionStyle
+    boolean: BooleanStyle
+    parameters: list[Parameter]
+    env: dict[str, str]
+    timeout_s: float | None
+    max_retries: int
+    created_at: datetime
+    updated_at: datetime
+
+    def run_spec(self) -> RunSpec:
+        return RunSpec(
+            command=self.command,
+            option_style=self.option_style,
+            boolean=self.boolean,
+            parameters=self.parameters,
+            env=self.env,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )

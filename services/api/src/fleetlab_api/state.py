@@ -1,0 +1,29 @@
+"""The API's lifespan state (typed), reached from requests through ``deps``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from faststream.nats import NatsBroker
+
+from fleetlab_api.settings import ApiSettings
+from fleetlab_common.db.outbox import OutboxRelay
+
+
+@dataclass
+class State:
+    settings: ApiSettings
+    broker: NatsBroker
+    pool: asyncpg.Pool | None = None
+    relay: OutboxRelay | None = None
+
+    def db(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise RuntimeError("the API is not started")
+        return self.pool
+
+    def outbox(self) -> OutboxRelay:
+        if self.relay is None:
+            raise RuntimeError("the API is not started")
+        return self.relay
