@@ -15,6 +15,7 @@ import ctypes.util
 import fcntl
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -217,13 +218,25 @@ class Stack:
             env.setdefault("FLEETLAB_ARTIFACTS__BACKEND", "local")
         else:
             env.setdefault("FLEETLAB_ARTIFACTS__BACKEND", "s3")
+        env.setdefault("FLEETLAB_SECRET_KEY", self.secret())
         if name == "agent":
             # The agent holds the NATS credential only.
             for key in list(env):
-                if key.startswith(("FLEETLAB_POSTGRES__", "FLEETLAB_ARTIFACTS__S3__")):
+                if key.startswith(("FLEETLAB_POSTGRES__", "FLEETLAB_ARTIFACTS__S3__")) or (
+                    key == "FLEETLAB_SECRET_KEY"
+                ):
                     del env[key]
         env.setdefault("FLEETLAB_LOG_JSON", "true")
         return env
+
+    def secret(self) -> str:
+        """This home's signing secret, made once and kept (mode 0600)."""
+        path = self.home / "secret.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip()
 
     def migrate(self) -> None:
         """Every service's migrations, once, before anything serves."""

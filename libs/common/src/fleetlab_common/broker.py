@@ -8,6 +8,7 @@ named ``<consumer>-<event-type-with-dashes>`` and bounded by ``max_deliver``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,9 @@ def make_broker(settings: NatsSettings, service: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         allow_reconnect=True,
+        # FastStream's per-message lines go through our structlog handler, at debug level.
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,
     )
 
 

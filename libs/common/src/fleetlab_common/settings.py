@@ -74,6 +74,8 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     # None: JSON when stderr is not a terminal, coloured console lines when it is.
     log_json: bool | None = None
+    # Signs short-lived URLs (local artifacts) and tokens. `fleetlab up` makes one per home.
+    secret_key: SecretStr = SecretStr("")
     nats: NatsSettings = Field(default_factory=NatsSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)

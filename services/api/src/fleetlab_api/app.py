@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,16 +10,20 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 
-from fleetlab_api import errors, handlers, health, pages
+from fleetlab_api import artifacts, errors, handlers, health, pages
 from fleetlab_api.experiments.endpoints import router as experiments_router
 from fleetlab_api.projects.endpoints import router as projects_router
 from fleetlab_api.settings import ApiSettings
 from fleetlab_api.state import State
+from fleetlab_common.artifacts import make_store
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
 from fleetlab_common.db.service import DbService
 from fleetlab_common.events.asyncapi import asyncapi_document
+from fleetlab_common.log import get_logger
 from fleetlab_common.service import migrations_dir
+
+log = get_logger(__name__)
 
 SCHEMA = "api"
 
@@ -33,7 +38,27 @@ def build_service(settings: ApiSettings) -> tuple[DbService, State]:
         state.pool = pool
         state.relay = relay
 
-    service = DbService("api", settings, broker, SCHEMA, migrations_dir(__file__), build)
+    async def artifacts_health() -> dict[str, str]:
+        ok = state.store is not None and await state.store.ping()
+        return {"artifacts": "ok" if ok else "down"}
+
+    secret = settings.secret_key.get_secret_value().encode()
+    if not secret:
+        log.warning("api.ephemeral_secret", reason="FLEETLAB_SECRET_KEY is not set")
+        secret = secrets.token_bytes(32)
+    state.secret = secret
+    base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+    state.store = make_store(settings, base_url.rstrip("/"), secret)
+
+    service = DbService(
+        "api",
+        settings,
+        broker,
+        SCHEMA,
+        migrations_dir(__file__),
+        build,
+        extra_health=artifacts_health,
+    )
     return service, state
 
 
@@ -69,6 +94,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(projects_router)
     app.include_router(experiments_router)
     app.include_router(health.router)
+    app.include_router(artifacts.router)
     app.include_router(pages.router)
 
     catalog = asyncapi_document()

@@ -34,6 +34,7 @@ async def system_health(state: State) -> dict[str, str]:
         "nats": "ok" if nats_ok else "down",
         "postgres": "ok" if state.pool is not None and await ping(state.pool) else "down",
         "api": "ok",
+        "artifacts": "ok" if state.store is not None and await state.store.ping() else "down",
     }
     if not nats_ok:
         for name in (*SERVICES, "agents"):

@@ -8,6 +8,7 @@ import asyncpg
 from faststream.nats import NatsBroker
 
 from fleetlab_api.settings import ApiSettings
+from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db.outbox import OutboxRelay
 
 
@@ -17,6 +18,8 @@ class State:
     broker: NatsBroker
     pool: asyncpg.Pool | None = None
     relay: OutboxRelay | None = None
+    store: ArtifactStore | None = None
+    secret: bytes = b""
 
     def db(self) -> asyncpg.Pool:
         if self.pool is None:
@@ -27,3 +30,8 @@ class State:
         if self.relay is None:
             raise RuntimeError("the API is not started")
         return self.relay
+
+    def artifacts(self) -> ArtifactStore:
+        if self.store is None:
+            raise RuntimeError("the API is not started")
+        return self.store

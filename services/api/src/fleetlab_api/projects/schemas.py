@@ -7,7 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
 
@@ -23,6 +30,12 @@ class OptionSpec(BaseModel):
     type: OptionType
     default: Any = None
     values: list[OptionValue] | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # FGLab's format has no nulls: an option without values has no "values" key.
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
     @model_validator(mode="after")
     def _consistent(self) -> OptionSpec:

@@ -1,0 +1,332 @@
+"""End to end: `fleetlab up` as a subprocess on a temporary home and port, driven over HTTP,
+with the events checked on NATS. This is the README's quick start, run by a test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+
+from fleetlab_common.embedded import free_port
+
+pytestmark = pytest.mark.e2e
+
+FLEETLAB = str(Path(sys.executable).parent / "fleetlab")
+TERMINAL = {"succeeded", "failed", "stopped", "lost"}
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    home: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    output: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.home / "stack.json").read_text())
+
+
+def start_stack(home: Path, port: int) -> Stack:
+    env = {
+        **os.environ,
+        "FLEETLAB_HOME": str(home),
+        "FLEETLAB_PORT": str(port),
+        # Faster beats and a short lease so loss is seen in a test-sized time.
+        "FLEETLAB_AGENT__HEARTBEAT_S": "0.5",
+        "FLEETLAB_LEASE_S": "3",
+        "FLEETLAB_AGENT__NAME": "e2e-agent",
+        "FLEETLAB_AGENT__SLOTS": "2",
+    }
+    for key in ("FLEETLAB_NATS__URL", "FLEETLAB_POSTGRES__DSN"):
+        env.pop(key, None)
+    output = home.parent / f"up-{port}.out"
+    with output.open("ab") as out:
+        proc = subprocess.Popen([FLEETLAB, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    stack = Stack(home, port, proc, output)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"fleetlab up exited: {output.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{stack.url}/api/v1/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, 90, "GET /api/v1/health to answer 200")
+    return stack
+
+
+def stop_stack(stack: Stack) -> float:
+    started = time.monotonic()
+    stack.proc.send_signal(signal.SIGTERM)
+    stack.proc.wait(30)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e") / "home"
+
+
+@pytest.fixture(scope="module")
+def stack(home: Path) -> Iterator[Stack]:
+    stack = start_stack(home, free_port())
+    yield stack
+    if stack.proc.poll() is None:
+        stop_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.url, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def train_py(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("code") / "train.py"
+    path.write_text(
+        textwrap.dedent(
+            """
+            import json, os, sys, time
+            print("argv " + json.dumps(sys.argv[1:]))
+            print("cwd " + os.getcwd())
+            print("dirs " + json.dumps(sorted(os.listdir("."))))
+            print("env " + json.dumps({k: v for k, v in os.environ.items()
+                                       if k.startswith("FLEETLAB_")}))
+            for epoch in range(5):
+                print(f"epoch {epoch} loss {1 / (epoch + 1):.3f}")
+            print("a warning on stderr", file=sys.stderr)
+            mode = os.environ.get("MODE", "")
+            if mode == "fail":
+                sys.exit(3)
+            if mode == "sleep":
+                print(f"pid {os.getpid()}", flush=True)
+                time.sleep(120)
+            """
+        )
+    )
+    return path
+
+
+def wait_terminal(client: httpx.Client, experiment_id: str, timeout: float = 30) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/api/v1/experiments/{experiment_id}").json()
+        return body if body["status"] in TERMINAL else None
+
+    return wait_until(done, timeout, f"experiment {experiment_id} to end")  # type: ignore[no-any-return]
+
+
+def create_project(client: httpx.Client, name: str, command: list[str], **extra: Any) -> dict[str, Any]:
+    r = client.post("/api/v1/projects", json={"name": name, "command": command, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def submit(client: httpx.Client, project: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = client.post("/api/v1/experiments", json={"project": project, "options": options or {}})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_readme_flow_runs_an_experiment_end_to_end(
+    stack: Stack, client: httpx.Client, train_py: Path
+) -> None:
+    project = create_project(
+        client,
+        "hello",
+        ["python3", str(train_py)],
+        schema={"lr": {"type": "float", "default": 0.1}},
+        option_style="double-dash",
+    )
+    assert project["name"] == "hello"
+    assert client.get(f"/api/v1/projects/{project['id']}").json()["name"] == "hello"
+    assert client.get("/api/v1/projects/hello").json()["id"] == project["id"]
+
+    seen: list[dict[str, Any]] = []
+
+    async def watch_and_submit() -> dict[str, Any]:
+        nc = await nats.connect(stack.info()["nats_url"])
+        try:
+            sub = await nc.subscribe("agent.experiment.>")
+            experiment = await asyncio.to_thread(submit, client, "hello", {"lr": 0.5})
+            assert experiment["status"] == "queued"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                msg = await sub.next_msg(timeout=deadline - time.monotonic())
+                event = json.loads(msg.data)
+                if event["experiment_id"] == experiment["id"]:
+                    seen.append({"subject": msg.subject, **event, "headers": msg.headers})
+                if any(e["type"] == "agent.experiment.finished" for e in seen):
+                    return experiment
+            raise AssertionError(f"no finished event; saw {seen}")
+        finally:
+            await nc.close()
+
+    experiment = asyncio.run(watch_and_submit())
+    experiment_id = experiment["id"]
+    assert [e["type"] for e in seen] == ["agent.experiment.started", "agent.experiment.finished"]
+    assert all(e["headers"]["Nats-Msg-Id"] == e["id"] for e in seen)
+
+    record = wait_terminal(client, experiment_id)
+    assert record["status"] == "succeeded", record
+    assert record["exit_code"] == 0
+    assert record["agent_id"] == "e2e-agent"
+    assert record["created_at"] <= record["started_at"] <= record["finished_at"]
+
+    r = client.get(f"/api/v1/experiments/{experiment_id}/logs")
+    assert r.status_code == 200
+    lines = r.text.splitlines()
+    assert lines[0] == "argv " + json.dumps(["--lr=0.5", f"--_id={experiment_id}"])
+    cwd = lines[1].removeprefix("cwd ")
+    assert experiment_id in cwd and cwd.startswith(str(stack.home))
+    assert json.loads(lines[2].removeprefix("dirs ")) == ["inputs", "outputs"]
+    env = json.loads(lines[3].removeprefix("env "))
+    assert env["FLEETLAB_EXPERIMENT_ID"] == experiment_id
+    assert "FLEETLAB_NATS__URL" not in env  # the agent's credential stays with the agent
+    assert [ln for ln in lines if ln.startswith("epoch")] == [
+        f"epoch {i} loss {1 / (i + 1):.3f}" for i in range(5)
+    ]
+    assert lines[-1] == "a warning on stderr"
+    stderr = client.get(f"/api/v1/experiments/{experiment_id}/logs", params={"stream": "stderr"})
+    assert stderr.text == "a warning on stderr\n"
+
+    page = client.get("/", headers={"accept": "text/html"})
+    assert page.status_code == 200 and experiment_id in page.text and "succeeded" in page.text
+
+
+def test_failures_are_recorded_and_the_agent_keeps_working(
+    client: httpx.Client, train_py: Path
+) -> None:
+    create_project(client, "failing", ["python3", str(train_py)], env={"MODE": "fail"})
+    create_project(client, "missing", ["/no/such/program", "--flag"])
+    failing = submit(client, "failing")
+    missing = submit(client, "missing")
+
+    record = wait_terminal(client, failing["id"])
+    assert record["status"] == "failed" and record["exit_code"] == 3
+    assert record["status_reason"] == "exit code 3"
+
+    record = wait_terminal(client, missing["id"])
+    assert record["status"] == "failed"
+    assert record["status_reason"] == "command not found: /no/such/program"
+
+    after = wait_terminal(client, submit(client, "hello")["id"])
+    assert after["status"] == "succeeded"
+
+
+def test_bad_input_is_refused_and_changes_nothing(client: httpx.Client) -> None:
+    before = client.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
+
+    r = client.post("/api/v1/experiments", json={"project": "no-such-project"})
+    assert r.status_code == 422
+    assert r.json()["fields"] == {"project": "no project has this id or name"}
+
+    r = client.post("/api/v1/experiments", json={"project": "hello", "options": {"lr": "fast"}})
+    assert r.status_code == 422
+    assert "options.lr" in r.json()["fields"]
+
+    r = client.post("/api/v1/experiments", json={"project": "hello", "options": {"lx": 1}})
+    assert r.status_code == 422
+    assert r.json()["fields"]["options.lx"].startswith("unknown option")
+
+    r = client.post(
+        "/api/v1/experiments", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert r.json()["error"].startswith("the request body is not valid")
+
+    r = client.post("/api/v1/projects", json={"name": "hello", "command": ["x"]})
+    assert r.status_code == 409
+
+    after = client.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
+    assert after == before
+
+
+def test_a_second_up_on_the_same_home_stops_with_a_clear_message(stack: Stack) -> None:
+    env = {**os.environ, "FLEETLAB_HOME": str(stack.home), "FLEETLAB_PORT": str(free_port())}
+    result = subprocess.run([FLEETLAB, "up"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "already running" in result.stderr
+    assert stack.proc.poll() is None
+
+
+def test_a_crashed_service_is_restarted_and_the_crash_logged(
+    stack: Stack, client: httpx.Client
+) -> None:
+    old = stack.info()["pids"]["scheduler"]
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: stack.info()["pids"]["scheduler"] != old, 15, "a new scheduler pid")
+    wait_until(
+        lambda: client.get("/api/v1/health").status_code == 200, 30, "health back to 200"
+    )
+    assert "up.service.crashed" in stack.output.read_text()
+
+
+def test_a_lost_agent_turns_its_experiment_lost_and_its_process_dies(
+    stack: Stack, client: httpx.Client, train_py: Path
+) -> None:
+    create_project(client, "sleeper", ["python3", str(train_py)], env={"MODE": "sleep"})
+    experiment = submit(client, "sleeper")
+
+    def child_pid() -> int | None:
+        text = client.get(f"/api/v1/experiments/{experiment['id']}/logs").text
+        pids = [int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("pid ")]
+        return pids[0] if pids else None
+
+    pid = wait_until(child_pid, 30, "the experiment to print its pid")
+    os.kill(stack.info()["pids"]["agent"], signal.SIGKILL)
+
+    record = wait_terminal(client, experiment["id"], timeout=30)
+    assert record["status"] == "lost"
+    assert record["status_reason"]
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the experiment's process to die")
+
+
+def test_sigterm_stops_everything_and_data_survives_a_restart(
+    stack: Stack, client: httpx.Client
+) -> None:
+    experiments = client.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
+    pids = [p for p in stack.info()["pids"].values() if p]
+    took = stop_stack(stack)
+    assert stack.proc.returncode == 0
+    assert took < 10
+    assert not (stack.home / "stack.json").exists()
+    leftovers = [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert leftovers == []
+
+    again = start_stack(stack.home, free_port())
+    try:
+        with httpx.Client(base_url=again.url, timeout=10) as c2:
+            after = c2.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
+            assert [e["id"] for e in after] == [e["id"] for e in experiments]
+            assert wait_terminal(c2, submit(c2, "hello")["id"])["status"] == "succeeded"
+    finally:
+        stop_stack(again)
