@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import nats
 import pytest
-
 from fleetlab_common.embedded import free_port
 
 pytestmark = pytest.mark.e2e
@@ -144,13 +143,17 @@ def wait_terminal(client: httpx.Client, experiment_id: str, timeout: float = 30)
     return wait_until(done, timeout, f"experiment {experiment_id} to end")  # type: ignore[no-any-return]
 
 
-def create_project(client: httpx.Client, name: str, command: list[str], **extra: Any) -> dict[str, Any]:
+def create_project(
+    client: httpx.Client, name: str, command: list[str], **extra: Any
+) -> dict[str, Any]:
     r = client.post("/api/v1/projects", json={"name": name, "command": command, **extra})
     assert r.status_code == 201, r.text
     return r.json()  # type: ignore[no-any-return]
 
 
-def submit(client: httpx.Client, project: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+def submit(
+    client: httpx.Client, project: str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     r = client.post("/api/v1/experiments", json={"project": project, "options": options or {}})
     assert r.status_code == 201, r.text
     return r.json()  # type: ignore[no-any-return]
@@ -284,9 +287,7 @@ def test_a_crashed_service_is_restarted_and_the_crash_logged(
     old = stack.info()["pids"]["scheduler"]
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: stack.info()["pids"]["scheduler"] != old, 15, "a new scheduler pid")
-    wait_until(
-        lambda: client.get("/api/v1/health").status_code == 200, 30, "health back to 200"
-    )
+    wait_until(lambda: client.get("/api/v1/health").status_code == 200, 30, "health back to 200")
     assert "up.service.crashed" in stack.output.read_text()
 
 

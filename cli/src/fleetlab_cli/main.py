@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Fleetlab: run machine-learning experiments on a fleet of machines.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Fleetlab: run machine-learning experiments on a fleet of machines.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -19,7 +20,9 @@ def up(
     home: Annotated[Path, typer.Option(envvar="FLEETLAB_HOME", help="Data directory.")] = Path(
         ".fleetlab"
     ),
-    port: Annotated[int, typer.Option(envvar="FLEETLAB_PORT", help="HTTP port (127.0.0.1).")] = 5080,
+    port: Annotated[
+        int, typer.Option(envvar="FLEETLAB_PORT", help="HTTP port (127.0.0.1).")
+    ] = 5080,
 ) -> None:
     """Run the whole system on this machine (embedded NATS and PostgreSQL by default)."""
     from fleetlab_cli.supervisor import run_up
@@ -39,9 +42,13 @@ def migrate() -> None:
 
 @app.command()
 def agent(
-    nats: Annotated[str | None, typer.Option(help="NATS URL (the agent's only credential).")] = None,
+    nats: Annotated[
+        str | None, typer.Option(help="NATS URL (the agent's only credential).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Agent name (default: host name).")] = None,
-    labels: Annotated[str | None, typer.Option(help="Comma-separated labels, e.g. gpu,a100.")] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels, e.g. gpu,a100.")
+    ] = None,
     slots: Annotated[int | None, typer.Option(help="Experiments run at once.")] = None,
 ) -> None:
     """Run this machine's agent."""

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
-
 from fleetlab_common.embedded import (
     EmbeddedPostgres,
     free_port,
@@ -192,7 +191,7 @@ class Stack:
             self.logs / "postgres.log",
             stop_signal=signal.SIGINT,
             preexec=_die_with_parent_int,
-            popen_kwargs={k: v for k, v in pg.popen_kwargs().items() if k == "user"},
+            popen_kwargs={"user": pg.user},
         )
         child.start()
         self.infra["postgres"] = child
@@ -252,15 +251,14 @@ class Stack:
             with (self.logs / f"{name}.log").open("a") as f:
                 f.write(result.stdout + result.stderr)
             if result.returncode != 0:
-                raise UpError(
-                    f"migrations of {name} failed:\n{result.stderr.strip()[-2000:]}"
-                )
+                raise UpError(f"migrations of {name} failed:\n{result.stderr.strip()[-2000:]}")
 
     def start_services(self) -> None:
         for name in (*SERVICES, "agent"):
             port = self.port if name == "api" else free_port()
-            child = Child(name, _service_argv(name), self.service_env(name, port),
-                          self.logs / f"{name}.log")
+            child = Child(
+                name, _service_argv(name), self.service_env(name, port), self.logs / f"{name}.log"
+            )
             child.start()
             self.children[name] = child
             log.info("up.service.started", service=name, pid=child.pid, port=port)
@@ -373,8 +371,9 @@ def run_up(home: Path, port: int) -> int:
         print(f"fleetlab up: {exc}", file=sys.stderr)
         return 1
     if port_open("127.0.0.1", port):
-        print(f"fleetlab up: port {port} is in use; set FLEETLAB_PORT to a free port",
-              file=sys.stderr)
+        print(
+            f"fleetlab up: port {port} is in use; set FLEETLAB_PORT to a free port", file=sys.stderr
+        )
         stack.unlock()
         return 1
     stop_requested = False
@@ -392,9 +391,12 @@ def run_up(home: Path, port: int) -> int:
         stack.start_services()
         stack.write_stack_file()
         stack.wait_api()
-        print(f"Fleetlab is up.\n  dashboard  {stack.api_url}/\n  API docs   {stack.api_url}/docs"
-              f"\n  NATS       {stack.nats_url}\n  home       {stack.home}"
-              f"\n  logs       {stack.logs}/\nPress Ctrl-C to stop.", flush=True)
+        print(
+            f"Fleetlab is up.\n  dashboard  {stack.api_url}/\n  API docs   {stack.api_url}/docs"
+            f"\n  NATS       {stack.nats_url}\n  home       {stack.home}"
+            f"\n  logs       {stack.logs}/\nPress Ctrl-C to stop.",
+            flush=True,
+        )
         while not stop_requested:
             stack.supervise_once()
             time.sleep(0.1)

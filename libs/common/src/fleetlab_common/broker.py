@@ -39,7 +39,7 @@ def make_broker(settings: NatsSettings, service: str) -> NatsBroker:
         name=f"fleetlab-{service}",
         middlewares=[NatsTelemetryMiddleware()],
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         allow_reconnect=True,
         # FastStream's per-message lines go through our structlog handler, at debug level.
         logger=logging.getLogger("faststream"),
@@ -95,7 +95,7 @@ def event_subscriber(
     if event.STREAM is None:
         raise ValueError(f"{event.event_type()} is not stored in a stream")
     durable = consumer_name(consumer, event)
-    return broker.subscriber(  # type: ignore[no-any-return]
+    return broker.subscriber(
         subject or event.subscribe_subject(),
         durable=durable,
         pull_sub=PullSub(batch_size=batch_size, timeout=5.0),

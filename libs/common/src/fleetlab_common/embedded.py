@@ -133,9 +133,6 @@ class EmbeddedPostgres:
         """A libpq/asyncpg DSN over the Unix socket."""
         return f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir), safe='/')}"
 
-    def _as_user(self) -> dict[str, object]:
-        return {"user": self.user} if self.user else {}
-
     def _prepare_root(self) -> None:
         import pwd
 
@@ -143,8 +140,14 @@ class EmbeddedPostgres:
             pwd.getpwnam(PG_SYSTEM_USER)
         except KeyError:
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin",
-                 PG_SYSTEM_USER],
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    PG_SYSTEM_USER,
+                ],
                 check=True,
                 capture_output=True,
             )
@@ -175,12 +178,20 @@ class EmbeddedPostgres:
             self._prepare_root()
         if not (self.pgdata / "PG_VERSION").exists():
             result = subprocess.run(
-                [str(self.bin_dir() / "initdb"), "-D", str(self.pgdata), "--auth=trust",
-                 "--encoding=UTF8", "-U", "postgres", "--no-sync"],
+                [
+                    str(self.bin_dir() / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
-                **self._as_user(),  # type: ignore[arg-type]
+                user=self.user,
             )
             if result.returncode != 0:
                 raise EmbeddedServerError(f"initdb failed: {result.stderr.strip()}")
@@ -189,16 +200,17 @@ class EmbeddedPostgres:
         """argv of the postgres server itself (foreground)."""
         return [
             str(self.bin_dir() / "postgres"),
-            "-D", str(self.pgdata),
-            "-k", str(self.socket_dir),
-            "-c", "listen_addresses=",
-            "-c", "max_connections=200",
-            "-c", "fsync=on",
+            "-D",
+            str(self.pgdata),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "fsync=on",
         ]
-
-    def popen_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``subprocess.Popen`` of :meth:`command`."""
-        return {**self._as_user(), "stdin": subprocess.DEVNULL}
 
     def clear_stale_pid(self) -> None:
         """Remove a postmaster.pid left by a server that is no longer running."""
@@ -220,10 +232,15 @@ class EmbeddedPostgres:
         """prepare(), then start the server and wait until it accepts connections."""
         self.prepare()
         self.clear_stale_pid()
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        proc: subprocess.Popen[bytes] = subprocess.Popen(
-            self.command(), stdout=out, stderr=out, **self.popen_kwargs()  # type: ignore[call-overload]
-        )
+        # The child keeps its own copy of the log's descriptor; ours closes right away.
+        with log_path.open("ab") if log_path else open(os.devnull, "wb") as out:  # noqa: PTH123
+            proc: subprocess.Popen[bytes] = subprocess.Popen(
+                self.command(),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                user=self.user,
+            )
         self.wait_ready(proc)
         return proc
 

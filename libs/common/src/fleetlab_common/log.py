@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
 
-def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _add_trace_ids(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     span = trace.get_current_span()
     ctx = span.get_span_context()
     if ctx.is_valid:
@@ -72,10 +75,10 @@ def configure_logging(service: str, level: str = "INFO", json: bool | None = Non
     structlog.contextvars.bind_contextvars(service=service)
 
 
-def _identity(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _identity(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event_dict
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     """A structlog logger; use stable dotted event keys with keyword context."""
-    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.stdlib.get_logger(name)

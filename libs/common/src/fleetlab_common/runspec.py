@@ -72,7 +72,7 @@ def option_args(
             if not value:
                 continue
             flag = {"plain": key, "single-dash": f"-{key}", "double-dash": f"--{key}"}
-            args.append(flag[style] if style in flag else key)
+            args.append(flag.get(style, key))
             continue
         if style == "plain":
             args += [key, _plain_value(value)]
@@ -95,7 +95,10 @@ def build_argv(spec: RunSpec, options: dict[str, OptionValue], experiment_id: st
         pairs: list[str] = []
         items: list[tuple[str, OptionValue]] = [*options.items(), ("_id", experiment_id)]
         for key, value in items:
-            if spec.boolean == "optional" and isinstance(value, bool) and not value:
+            if spec.boolean == "optional" and isinstance(value, bool):
+                # As in FGMachine: a false flag is dropped, a true one passed as its name alone.
+                if value:
+                    pairs.append(_function_value(key))
                 continue
             pairs += [_function_value(key), _function_value(value)]
         argv.append(f"{fn}({','.join(pairs)});")

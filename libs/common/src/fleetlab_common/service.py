@@ -51,7 +51,7 @@ def register_health_rpc(broker: NatsBroker, service: str, check: HealthCheck) ->
 
 
 def migrations_dir(package_file: str) -> Path:
-    """The service's ``migrations/`` folder, installed (inside the package) or in the source tree."""
+    """The service's ``migrations/`` folder: inside the installed package, or in the source tree."""
     here = Path(package_file).resolve().parent
     inside = here / "migrations"
     if inside.is_dir():
@@ -96,7 +96,7 @@ def run_service(
     service: str,
     settings: CommonSettings,
     create_app: Callable[[Any], Any],
-    migrate: Callable[[Any], Awaitable[list[str]]] | None = None,
+    migrate: Callable[[Any], Coroutine[Any, Any, list[str]]] | None = None,
     argv: list[str] | None = None,
 ) -> None:
     """The body of ``python -m fleetlab_<service> [migrate]``."""
@@ -135,7 +135,7 @@ def healthz_handler(service: str, components: HealthCheck) -> Any:
     from faststream.asgi.types import Scope
 
     @get
-    async def healthz(scope: Scope) -> AsgiResponse:  # noqa: ARG001
+    async def healthz(scope: Scope) -> AsgiResponse:
         report = HealthReport.of(service, await components())
         return AsgiResponse(
             json.dumps(report.model_dump()).encode(),

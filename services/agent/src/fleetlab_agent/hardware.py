@@ -5,9 +5,9 @@ from __future__ import annotations
 import platform
 import socket
 from functools import cache
+from pathlib import Path
 
 import psutil
-
 from fleetlab_common.events import AgentHardware, GpuInfo
 from fleetlab_common.log import get_logger
 
@@ -16,7 +16,7 @@ log = get_logger(__name__)
 
 def _cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with Path("/proc/cpuinfo").open(encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from fleetlab_common.events import ExperimentOutcome, LogLine, utcnow
 from fleetlab_common.log import get_logger
@@ -60,7 +61,9 @@ class LogBatcher:
     in batches: at most ``max_lines`` per batch, at most ``max_delay`` seconds late.
     """
 
-    def __init__(self, publish: PublishLines, max_lines: int = 500, max_delay: float = 0.05):
+    def __init__(
+        self, publish: PublishLines, max_lines: int = 500, max_delay: float = 0.05
+    ) -> None:
         self._publish = publish
         self._max_lines = max_lines
         self._max_delay = max_delay
@@ -71,11 +74,9 @@ class LogBatcher:
         self.seq = 0
         self._task = asyncio.create_task(self._flusher(), name="log-batcher")
 
-    def add(self, stream: str, text: str) -> None:
+    def add(self, stream: Literal["stdout", "stderr"], text: str) -> None:
         self.seq += 1
-        self._buffer.append(
-            LogLine(seq=self.seq, stream=stream, ts=utcnow(), line=text)  # type: ignore[arg-type]
-        )
+        self._buffer.append(LogLine(seq=self.seq, stream=stream, ts=utcnow(), line=text))
         self._pending.set()
         if len(self._buffer) >= self._max_lines:
             self._full.set()
@@ -110,7 +111,9 @@ def _decode(raw: bytes) -> str:
     return raw.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
-async def _pump(reader: asyncio.StreamReader | None, stream: str, batcher: LogBatcher) -> None:
+async def _pump(
+    reader: asyncio.StreamReader | None, stream: Literal["stdout", "stderr"], batcher: LogBatcher
+) -> None:
     if reader is None:
         return
     pending = b""
@@ -174,7 +177,7 @@ class Run:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_die_with_agent,  # noqa: PLW1509 - only prctl, async-signal-safe
+                preexec_fn=_die_with_agent,
             )
         except FileNotFoundError:
             return f"command not found: {self.argv[0]}"

@@ -7,10 +7,6 @@ import contextlib
 import uuid
 
 from faststream.nats import NatsBroker
-
-from fleetlab_agent.hardware import detect_hardware
-from fleetlab_agent.runner import LogBatcher, Run, RunResult
-from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import publish_event, publish_event_reliably
 from fleetlab_common.events import (
     AgentHeartbeat,
@@ -23,6 +19,10 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import get_logger
+
+from fleetlab_agent.hardware import detect_hardware
+from fleetlab_agent.runner import LogBatcher, Run, RunResult
+from fleetlab_agent.settings import AgentSettings
 
 log = get_logger(__name__)
 

@@ -6,10 +6,11 @@ import os
 import re
 import socket
 from pathlib import Path
-
-from pydantic import BaseModel, Field, field_validator
+from typing import Annotated
 
 from fleetlab_common.settings import CommonSettings
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import NoDecode
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -24,7 +25,8 @@ class AgentOptions(BaseModel):
 
     name: str = Field(default_factory=default_name)
     slots: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    labels: list[str] = Field(default_factory=list)
+    # A comma list in the environment (FLEETLAB_AGENT__LABELS=gpu,a100), not JSON.
+    labels: Annotated[list[str], NoDecode] = Field(default_factory=list)
     work_dir: Path | None = None
     heartbeat_s: float = Field(default=2.0, gt=0)
     stop_grace_s: float = Field(default=10.0, ge=0)

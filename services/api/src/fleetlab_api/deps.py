@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import asyncpg
 from fastapi import Depends, Request
+from fleetlab_common.db import Conn
 
 from fleetlab_api.state import State
 
@@ -19,9 +19,9 @@ def get_state(request: Request) -> State:
 StateDep = Annotated[State, Depends(get_state)]
 
 
-async def get_conn(state: StateDep) -> AsyncIterator[asyncpg.Connection]:
+async def get_conn(state: StateDep) -> AsyncIterator[Conn]:
     async with state.db().acquire() as conn:
         yield conn
 
 
-ConnDep = Annotated[asyncpg.Connection, Depends(get_conn)]
+ConnDep = Annotated[Conn, Depends(get_conn)]

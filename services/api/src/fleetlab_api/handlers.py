@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import structlog
 from faststream.nats import NatsBroker
-
-from fleetlab_api.experiments import repository as repo
-from fleetlab_api.state import State
 from fleetlab_common.broker import event_subscriber
+from fleetlab_common.db import Conn
 from fleetlab_common.db.inbox import first_delivery
 from fleetlab_common.events import (
     Event,
@@ -20,6 +17,9 @@ from fleetlab_common.events import (
     ExperimentStarted,
 )
 
+from fleetlab_api.experiments import repository as repo
+from fleetlab_api.state import State
+
 CONSUMER = "api"
 
 
@@ -27,7 +27,7 @@ def register(broker: NatsBroker, state: State) -> None:
     nats = state.settings.nats
 
     async def apply(
-        event: Event, experiment_id: object, change: Callable[[asyncpg.Connection], Awaitable[None]]
+        event: Event, experiment_id: object, change: Callable[[Conn], Awaitable[None]]
     ) -> None:
         with structlog.contextvars.bound_contextvars(experiment_id=str(experiment_id)):
             async with state.db().acquire() as conn, conn.transaction():

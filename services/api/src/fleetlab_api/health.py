@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from fleetlab_common.db.pool import ping
+from fleetlab_common.events import Rpc
 
 from fleetlab_api.deps import StateDep
 from fleetlab_api.state import State
-from fleetlab_common.db.pool import ping
-from fleetlab_common.events import Rpc
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,9 @@ SERVICES = ("scheduler", "logstream", "webhooks")
 
 async def _ask(state: State, subject: str) -> dict[str, Any] | None:
     try:
-        reply = await state.broker.request({}, subject, timeout=min(state.settings.rpc_timeout_s, 2))
+        reply = await state.broker.request(
+            {}, subject, timeout=min(state.settings.rpc_timeout_s, 2)
+        )
         body = await reply.decode()
     except Exception:  # no answer is the answer: that part is down
         return None

@@ -42,12 +42,12 @@ async def index(conn: ConnDep) -> HTMLResponse:
         table = "<p>No experiments yet.</p>"
     else:
         rows = "".join(
-            f"<tr><td><a href=\"/api/v1/experiments/{e.id}\">{escape(e.name or str(e.id))}</a>"
+            f'<tr><td><a href="/api/v1/experiments/{e.id}">{escape(e.name or str(e.id))}</a>'
             f"</td><td>{escape(e.project)}</td>"
-            f"<td class=\"status {e.status}\">{e.status}</td>"
+            f'<td class="status {e.status}">{e.status}</td>'
             f"<td>{escape(e.agent_id or '')}</td>"
             f"<td>{e.created_at:%Y-%m-%d %H:%M:%S}</td>"
-            f"<td><a href=\"/api/v1/experiments/{e.id}/logs\">log</a></td></tr>"
+            f'<td><a href="/api/v1/experiments/{e.id}/logs">log</a></td></tr>'
             for e in experiments
         )
         table = (

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
-
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
 from fleetlab_common.db.service import DbService
 from fleetlab_common.service import migrations_dir
+
 from fleetlab_logstream import handlers
 from fleetlab_logstream.service import Logstream
 from fleetlab_logstream.settings import LogstreamSettings
@@ -23,7 +23,7 @@ def build_service(settings: LogstreamSettings) -> tuple[DbService, State]:
     state = State(settings)
     handlers.register(broker, state)
 
-    async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:  # noqa: ARG001
+    async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:
         state.logstream = Logstream(settings, pool)
 
     service = DbService("logstream", settings, broker, SCHEMA, migrations_dir(__file__), build)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-
+from fleetlab_common.db import Conn
 from fleetlab_common.events import LogLinesAppended
 
 
-async def insert_lines(conn: asyncpg.Connection, batch: LogLinesAppended) -> None:
+async def insert_lines(conn: Conn, batch: LogLinesAppended) -> None:
     """Store a batch; lines already stored (a redelivered batch) are skipped."""
     await conn.executemany(
         """INSERT INTO lines (experiment_id, attempt, seq, stream, ts, line)
@@ -21,14 +21,14 @@ async def insert_lines(conn: asyncpg.Connection, batch: LogLinesAppended) -> Non
     )
 
 
-async def latest_attempt(conn: asyncpg.Connection, experiment_id: uuid.UUID) -> int | None:
+async def latest_attempt(conn: Conn, experiment_id: uuid.UUID) -> int | None:
     value = await conn.fetchval(
         "SELECT max(attempt) FROM lines WHERE experiment_id = $1", experiment_id
     )
     return int(value) if value is not None else None
 
 
-async def count_lines(conn: asyncpg.Connection, experiment_id: uuid.UUID, attempt: int) -> int:
+async def count_lines(conn: Conn, experiment_id: uuid.UUID, attempt: int) -> int:
     value = await conn.fetchval(
         "SELECT count(*) FROM lines WHERE experiment_id = $1 AND attempt = $2",
         experiment_id,
@@ -38,7 +38,7 @@ async def count_lines(conn: asyncpg.Connection, experiment_id: uuid.UUID, attemp
 
 
 async def fetch_lines(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
     from_seq: int,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, Field
-
 from fleetlab_common.events import LogLine
+from pydantic import BaseModel, Field
 
 
 class LinesQuery(BaseModel):

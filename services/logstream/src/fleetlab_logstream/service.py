@@ -7,8 +7,8 @@ import contextlib
 from dataclasses import dataclass, field
 
 import asyncpg
-
 from fleetlab_common.events import LogLine, LogLinesAppended
+
 from fleetlab_logstream import repository as repo
 from fleetlab_logstream.schemas import LinesPage, LinesQuery
 from fleetlab_logstream.settings import LogstreamSettings
@@ -35,7 +35,9 @@ class Logstream:
                 if attempt is None:
                     attempt = await repo.latest_attempt(conn, query.experiment_id)
                 stored = (
-                    0 if attempt is None else await repo.count_lines(conn, query.experiment_id, attempt)
+                    0
+                    if attempt is None
+                    else await repo.count_lines(conn, query.experiment_id, attempt)
                 )
             if query.min_count is None or stored >= query.min_count:
                 return attempt
@@ -67,7 +69,9 @@ class Logstream:
             size += len(row["line"]) + 64
             if lines and size > self.settings.max_reply_bytes:
                 break
-            lines.append(LogLine(seq=row["seq"], stream=row["stream"], ts=row["ts"], line=row["line"]))
+            lines.append(
+                LogLine(seq=row["seq"], stream=row["stream"], ts=row["ts"], line=row["line"])
+            )
         more = len(lines) < len(rows)
         return LinesPage(
             attempt=attempt,

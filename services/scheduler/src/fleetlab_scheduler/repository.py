@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-
+from fleetlab_common.db import Conn
 from fleetlab_common.events import AgentHeartbeat, ExperimentSubmitted
 
 
-async def insert_experiment(conn: asyncpg.Connection, event: ExperimentSubmitted) -> bool:
+async def insert_experiment(conn: Conn, event: ExperimentSubmitted) -> bool:
     """Queue a submitted experiment; False when it was already queued (a redelivery)."""
     inserted = await conn.fetchval(
         """INSERT INTO experiments (id, project, options, run, priority, status, submitted_at)
@@ -28,7 +28,7 @@ async def insert_experiment(conn: asyncpg.Connection, event: ExperimentSubmitted
     return bool(inserted)
 
 
-async def upsert_agent(conn: asyncpg.Connection, hb: AgentHeartbeat) -> asyncpg.Record | None:
+async def upsert_agent(conn: Conn, hb: AgentHeartbeat) -> asyncpg.Record | None:
     """Record a heartbeat; return the agent's previous row (None for a new agent)."""
     previous: asyncpg.Record | None = await conn.fetchrow(
         "SELECT id, instance_id, online FROM agents WHERE id = $1 FOR UPDATE", hb.agent_id
@@ -53,7 +53,7 @@ async def upsert_agent(conn: asyncpg.Connection, hb: AgentHeartbeat) -> asyncpg.
 
 
 async def experiments_of_old_instance(
-    conn: asyncpg.Connection, agent_id: str, instance_id: uuid.UUID
+    conn: Conn, agent_id: str, instance_id: uuid.UUID
 ) -> list[asyncpg.Record]:
     """Experiments marked running on ``agent_id`` by another (dead) instance of it."""
     rows: list[asyncpg.Record] = await conn.fetch(
@@ -66,7 +66,7 @@ async def experiments_of_old_instance(
     return rows
 
 
-async def expired_agents(conn: asyncpg.Connection, lease_s: float) -> list[asyncpg.Record]:
+async def expired_agents(conn: Conn, lease_s: float) -> list[asyncpg.Record]:
     """Online agents whose last heartbeat is older than ``lease_s``; marks them offline."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """UPDATE agents SET online = false
@@ -77,7 +77,7 @@ async def expired_agents(conn: asyncpg.Connection, lease_s: float) -> list[async
     return rows
 
 
-async def active_on_agent(conn: asyncpg.Connection, agent_id: str) -> list[asyncpg.Record]:
+async def active_on_agent(conn: Conn, agent_id: str) -> list[asyncpg.Record]:
     """Experiments assigned to or running on ``agent_id``, locked."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT id, attempt, run, status FROM experiments
@@ -87,9 +87,7 @@ async def active_on_agent(conn: asyncpg.Connection, agent_id: str) -> list[async
     return rows
 
 
-async def mark_lost(
-    conn: asyncpg.Connection, experiment_id: uuid.UUID, reason: str, requeue: bool
-) -> None:
+async def mark_lost(conn: Conn, experiment_id: uuid.UUID, reason: str, requeue: bool) -> None:
     """An experiment lost its agent: queue it again as the next attempt, or give it up."""
     if requeue:
         await conn.execute(
@@ -108,7 +106,7 @@ async def mark_lost(
         )
 
 
-async def free_slots(conn: asyncpg.Connection) -> dict[str, int]:
+async def free_slots(conn: Conn) -> dict[str, int]:
     """Free slots of each online agent (locks the agent rows: one placement at a time)."""
     await conn.execute("SELECT 1 FROM agents WHERE online ORDER BY id FOR UPDATE")
     rows = await conn.fetch(
@@ -123,7 +121,7 @@ async def free_slots(conn: asyncpg.Connection) -> dict[str, int]:
     return {r["id"]: int(r["free"]) for r in rows if r["free"] > 0}
 
 
-async def next_queued(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
     """The next experiments to place: highest priority first, then oldest."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT id, project, options, run, attempt FROM experiments
@@ -135,7 +133,7 @@ async def next_queued(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Reco
     return rows
 
 
-async def assign(conn: asyncpg.Connection, experiment_id: uuid.UUID, agent_id: str) -> None:
+async def assign(conn: Conn, experiment_id: uuid.UUID, agent_id: str) -> None:
     await conn.execute(
         """UPDATE experiments SET status = 'assigned', agent_id = $2, assigned_at = now()
            WHERE id = $1""",
@@ -145,7 +143,7 @@ async def assign(conn: asyncpg.Connection, experiment_id: uuid.UUID, agent_id: s
 
 
 async def mark_started(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
     agent_id: str,
@@ -168,7 +166,7 @@ async def mark_started(
 
 
 async def mark_finished(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
     outcome: str,
@@ -189,7 +187,7 @@ async def mark_finished(
     return bool(updated)
 
 
-async def agents_summary(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
     """Every known agent with its capacity in use (for ``rpc.scheduler.agents``)."""
     rows = await conn.fetch(
         """SELECT a.id, a.hostname, a.slots, a.labels, a.hardware, a.online, a.last_seen,

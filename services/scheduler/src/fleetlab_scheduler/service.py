@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
-
+from fleetlab_common.db import Conn
 from fleetlab_common.db.inbox import first_delivery
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.events import (
@@ -23,6 +24,7 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.log import get_logger
 from fleetlab_common.runspec import RunSpec
+
 from fleetlab_scheduler import repository as repo
 from fleetlab_scheduler.settings import SchedulerSettings
 
@@ -63,16 +65,14 @@ class Scheduler:
                 for row in await repo.experiments_of_old_instance(
                     conn, hb.agent_id, hb.instance_id
                 ):
-                    events.append(
-                        await self._lose(conn, row, hb.agent_id, "the agent restarted")
-                    )
+                    events.append(await self._lose(conn, row, hb.agent_id, "the agent restarted"))
             await enqueue(conn, *events)
         if events:
             self.relay.kick()
         self.wake()
 
     async def _lose(
-        self, conn: asyncpg.Connection, row: asyncpg.Record, agent_id: str, reason: str
+        self, conn: Conn, row: asyncpg.Record, agent_id: str, reason: str
     ) -> ExperimentLost:
         run = RunSpec.model_validate(row["run"])
         requeue = row["attempt"] <= run.max_retries
@@ -125,7 +125,9 @@ class Scheduler:
         events: list[Event] = []
         async with self.pool.acquire() as conn, conn.transaction():
             for agent in await repo.expired_agents(conn, self.settings.lease_s):
-                reason = f"agent {agent['id']} missed its heartbeats for {self.settings.lease_s:g} s"
+                reason = (
+                    f"agent {agent['id']} missed its heartbeats for {self.settings.lease_s:g} s"
+                )
                 events.append(AgentOffline(agent_id=agent["id"], reason=reason))
                 log.warning("agent.offline", agent_id=agent["id"])
                 for row in await repo.active_on_agent(conn, agent["id"]):
@@ -182,6 +184,6 @@ class Scheduler:
             self._wake.clear()
             await self.place_once()
 
-    async def agents(self) -> list[dict[str, object]]:
+    async def agents(self) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
-            return await repo.agents_summary(conn)  # type: ignore[return-value]
+            return await repo.agents_summary(conn)

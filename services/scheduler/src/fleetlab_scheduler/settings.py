@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from fleetlab_common.settings import CommonSettings
+from pydantic import Field
 
 
 class SchedulerSettings(CommonSettings):

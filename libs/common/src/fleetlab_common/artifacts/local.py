@@ -70,7 +70,7 @@ def compute_signature(secret: bytes, op: str, key: str, expires: int) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
-def verify_signature(  # noqa: PLR0917 - the signature the API route is written against
+def verify_signature(
     secret: bytes,
     op: str,
     key: str,

@@ -149,7 +149,7 @@ class S3ArtifactStore:
     bucket's region up, which also makes presigning a local computation.
     """
 
-    def __init__(  # noqa: PLR0917 - mirrors the settings' fields, in their order
+    def __init__(
         self,
         endpoint: str,
         access_key: str,

@@ -5,3 +5,11 @@ in one transaction (the outbox); a relay publishes them after commit. Consumers 
 event id they processed in the same transaction as its effect (the inbox), so a redelivery
 changes nothing.
 """
+
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection as repositories take it: a plain one, or one borrowed from a pool.
+Conn: TypeAlias = asyncpg.Connection | PoolConnectionProxy

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from fleetlab_common.db import Conn
 from fleetlab_common.events import Event
 
 
-async def prune_inbox(conn: asyncpg.Connection, keep_days: int = 7) -> None:
+async def prune_inbox(conn: Conn, keep_days: int = 7) -> None:
     """Forget processed event ids older than any redelivery could be."""
     await conn.execute(
         "DELETE FROM inbox WHERE processed_at < now() - make_interval(days => $1)", keep_days
     )
 
 
-async def first_delivery(conn: asyncpg.Connection, consumer: str, event: Event) -> bool:
+async def first_delivery(conn: Conn, consumer: str, event: Event) -> bool:
     """Record that ``consumer`` applied ``event``; False when it already had (a redelivery).
 
     Call inside the transaction that applies the event, so both commit or neither does.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from fleetlab_common.db import Conn
 from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
@@ -64,7 +65,7 @@ async def migrate(dsn: str, schema: str, directory: Path | None) -> list[str]:
     migrations = load_migrations(COMMON_MIGRATIONS, "common/")
     if directory is not None:
         migrations += load_migrations(directory)
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    conn: Conn = await asyncpg.connect(dsn)
     applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
@@ -93,13 +94,20 @@ async def migrate(dsn: str, schema: str, directory: Path | None) -> list[str]:
                             "(checksum mismatch); add a new migration instead"
                         )
                     continue
-                async with conn.transaction():
-                    await conn.execute(migration.sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
-                        migration.name,
-                        migration.checksum,
-                    )
+                try:
+                    async with conn.transaction():
+                        await conn.execute(migration.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)",
+                            migration.name,
+                            migration.checksum,
+                        )
+                except asyncpg.PostgresError as exc:
+                    # Rolled back and not recorded; say which file, as for every other refusal.
+                    raise MigrationError(
+                        f"{schema}: migration {migration.name} failed and was rolled back: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
                 applied_now.append(migration.name)
                 log.info("migration.applied", schema=schema, migration=migration.name)
         finally:

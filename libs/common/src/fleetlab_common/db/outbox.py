@@ -10,13 +10,14 @@ import asyncpg
 from faststream.nats import NatsBroker
 from opentelemetry import propagate
 
+from fleetlab_common.db import Conn
 from fleetlab_common.events import Event
 from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
 
 
-async def enqueue(conn: asyncpg.Connection, *events: Event) -> None:
+async def enqueue(conn: Conn, *events: Event) -> None:
     """Add events to the outbox inside the caller's transaction (with the trace context)."""
     rows: list[tuple[Any, ...]] = []
     for event in events:

@@ -7,8 +7,10 @@ from typing import Any
 
 import asyncpg
 
+from fleetlab_common.db import Conn
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+
+async def _init_connection(conn: Conn) -> None:
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
             typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"

@@ -47,7 +47,6 @@ EVENTS: list[type[Event]] = [
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type(): cls for cls in EVENTS}
 
 
-
 def publisher_of(cls: type[Event]) -> str:
     """The service that publishes ``cls``: the first token of its type names its owner."""
     return cls.event_type().split(".", 1)[0]

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from fleetlab_common.db import Conn
 
 from fleetlab_api.experiments.schemas import Experiment
 
@@ -19,7 +20,7 @@ def _to_experiment(row: asyncpg.Record) -> Experiment:
 
 
 async def insert(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     project_id: uuid.UUID,
     options: dict[str, Any],
@@ -42,13 +43,13 @@ async def insert(
     return found
 
 
-async def get(conn: asyncpg.Connection, experiment_id: uuid.UUID) -> Experiment | None:
+async def get(conn: Conn, experiment_id: uuid.UUID) -> Experiment | None:
     row = await conn.fetchrow(f"{_SELECT} WHERE e.id = $1", experiment_id)
     return _to_experiment(row) if row else None
 
 
 async def page(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     project_id: uuid.UUID | None,
     status: str | None,
@@ -75,7 +76,7 @@ async def page(
 
 
 async def record_assigned(
-    conn: asyncpg.Connection, experiment_id: uuid.UUID, attempt: int, agent_id: str
+    conn: Conn, experiment_id: uuid.UUID, attempt: int, agent_id: str
 ) -> None:
     await conn.execute(
         """UPDATE experiments SET agent_id = $3
@@ -87,7 +88,7 @@ async def record_assigned(
 
 
 async def record_started(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
     agent_id: str,
@@ -105,7 +106,7 @@ async def record_started(
 
 
 async def record_finished(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
     *,
@@ -137,7 +138,7 @@ async def record_finished(
 
 
 async def record_lost(
-    conn: asyncpg.Connection,
+    conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
     reason: str,
@@ -162,4 +163,3 @@ async def record_lost(
             reason,
             at,
         )
-

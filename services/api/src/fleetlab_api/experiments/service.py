@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import uuid
 
-import asyncpg
 from faststream.nats import NatsBroker
+from fleetlab_common.db import Conn
+from fleetlab_common.db.outbox import OutboxRelay, enqueue
+from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
+from fleetlab_common.ids import uuid7
+from fleetlab_common.log import get_logger
 
 from fleetlab_api.errors import ApiError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
 from fleetlab_api.experiments.schemas import TERMINAL, Experiment, ExperimentCreate
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.projects.schemas import validate_options
-from fleetlab_common.db.outbox import OutboxRelay, enqueue
-from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
-from fleetlab_common.ids import uuid7
-from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
 
 
-async def submit(
-    conn: asyncpg.Connection, relay: OutboxRelay, body: ExperimentCreate
-) -> Experiment:
+async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Experiment:
     """Check the options against the project's schema, record the experiment and its
     ``api.experiment.submitted`` event in one transaction, then publish."""
     project = await projects.get(conn, body.project)
@@ -58,7 +56,7 @@ async def submit(
     return experiment
 
 
-async def get(conn: asyncpg.Connection, ref: str) -> Experiment:
+async def get(conn: Conn, ref: str) -> Experiment:
     try:
         experiment_id = uuid.UUID(ref)
     except ValueError:

@@ -6,9 +6,10 @@ import json
 import uuid
 
 import asyncpg
+from fleetlab_common.db import Conn
+from fleetlab_common.ids import uuid7
 
 from fleetlab_api.projects.schemas import Project, ProjectCreate
-from fleetlab_common.ids import uuid7
 
 
 def _to_project(row: asyncpg.Record) -> Project:
@@ -32,19 +33,19 @@ def _ref_clause(ref: str) -> tuple[str, object]:
         return "name = $1", ref
 
 
-async def get(conn: asyncpg.Connection, ref: str) -> Project | None:
+async def get(conn: Conn, ref: str) -> Project | None:
     """A project by id or by name."""
     clause, value = _ref_clause(ref)
     row = await conn.fetchrow(f"SELECT * FROM projects WHERE {clause}", value)
     return _to_project(row) if row else None
 
 
-async def get_by_id(conn: asyncpg.Connection, project_id: uuid.UUID) -> Project | None:
+async def get_by_id(conn: Conn, project_id: uuid.UUID) -> Project | None:
     row = await conn.fetchrow("SELECT * FROM projects WHERE id = $1", project_id)
     return _to_project(row) if row else None
 
 
-async def insert(conn: asyncpg.Connection, body: ProjectCreate) -> Project | None:
+async def insert(conn: Conn, body: ProjectCreate) -> Project | None:
     """Insert a project; None when the name is taken."""
     run = json.loads(body.run_spec().model_dump_json(by_alias=True))
     schema = {k: v.model_dump(exclude_none=True) for k, v in body.schema_.items()}
@@ -59,6 +60,6 @@ async def insert(conn: asyncpg.Connection, body: ProjectCreate) -> Project | Non
     return _to_project(row) if row else None
 
 
-async def list_all(conn: asyncpg.Connection) -> list[Project]:
+async def list_all(conn: Conn) -> list[Project]:
     rows = await conn.fetch("SELECT * FROM projects ORDER BY name")
     return [_to_project(r) for r in rows]

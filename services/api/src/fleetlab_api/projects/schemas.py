@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
+from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -15,8 +16,6 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-
-from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
 
 OptionType = Literal["int", "float", "bool", "string", "enum"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
