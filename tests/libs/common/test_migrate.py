@@ -133,9 +133,7 @@ async def test_an_edited_applied_file_is_refused_by_name(
     assert "b" not in await tables(db, "svc")
 
 
-async def test_a_vanished_applied_file_is_refused_by_name(
-    fresh_dsn: str, tmp_path: Path
-) -> None:
+async def test_a_vanished_applied_file_is_refused_by_name(fresh_dsn: str, tmp_path: Path) -> None:
     write(tmp_path, "0001_a.sql", "CREATE TABLE a (id int);")
     path = write(tmp_path, "0002_b.sql", "CREATE TABLE b (id int);")
     await migrate(fresh_dsn, "svc", tmp_path)
@@ -242,20 +240,27 @@ async def test_concurrent_runners_take_turns_and_apply_each_file_once(
         )
         return int(value)
 
+    async def one_in_each() -> bool:
+        in_migration = await waiting_on(gate_key)
+        waiting_for_turn = await waiting_on(LOCK_KEY & 0xFFFFFFFF)
+        return in_migration == 1 and waiting_for_turn == 1
+
     runners = asyncio.gather(
-        migrate(fresh_dsn, "svc", tmp_path), migrate(fresh_dsn, "svc", tmp_path)
+        migrate(fresh_dsn, "svc", tmp_path),
+        migrate(fresh_dsn, "svc", tmp_path),
+        return_exceptions=True,
     )
     try:
-
-        async def one_in_each() -> bool:
-            return (await waiting_on(gate_key)) == 1 and (
-                await waiting_on(LOCK_KEY & 0xFFFFFFFF)
-            ) == 1
-
         await eventually(one_in_each)
     finally:
         await db.execute("SELECT pg_advisory_unlock($1)", gate_key)
-    first, second = await asyncio.wait_for(runners, 20)
+        results = await asyncio.wait_for(runners, 20)
+    applied: list[list[str]] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        applied.append(result)
+    first, second = applied
 
     everything = [*COMMON, "0001_gated.sql", "0002_seed.sql"]
     assert sorted([*first, *second]) == sorted(everything)

@@ -247,3 +247,33 @@ def test_the_process_dies_with_the_agent(tmp_path: Path) -> None:
         if agent.poll() is None:
             agent.kill()
             agent.wait()
+
+
+async def test_a_runaway_line_is_cut_with_a_marker_and_batches_stay_small(tmp_path: Path) -> None:
+    cmd = script(
+        tmp_path,
+        """
+        import sys
+        sys.stdout.write("x" * 100_000 + "\\n")
+        sys.stdout.write("y" * 50_000)   # no newline at all
+        sys.stdout.flush()
+        print("\\nafter", flush=True)
+        """,
+    )
+    result, out = await run_to_end(make_run(tmp_path, cmd), max_lines=500)
+    from fleetlab_agent.runner import MAX_LINE_BYTES
+
+    lines = [ln.line for ln in out.lines]
+    assert lines[0] == "x" * MAX_LINE_BYTES + " … [line cut: 100000 bytes]"
+    assert lines[1] == "y" * MAX_LINE_BYTES + " … [line cut: 50000 bytes]"
+    assert lines[2] == "after"
+    assert result.log_lines == 3
+
+
+async def test_batches_are_bounded_by_bytes(tmp_path: Path) -> None:
+    cmd = script(tmp_path, "for i in range(400): print(str(i) * 2000)")
+    result, out = await run_to_end(make_run(tmp_path, cmd), max_lines=500)
+    assert result.log_lines == 400
+    sizes = [sum(len(ln.line) for ln in b) for b in out.batches]
+    assert max(sizes) <= 256 * 1024
+    assert [ln.seq for ln in out.lines] == list(range(1, 401))

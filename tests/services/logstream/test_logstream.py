@@ -7,7 +7,6 @@ small enough to travel as one NATS reply, and a query that waits for a run's las
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from fleetlab_common.db.pool import create_pool
 from fleetlab_common.embedded import start_nats, stop_process
 from fleetlab_common.events import LogLine, LogLinesAppended, Rpc
 from fleetlab_common.ids import uuid7
+from fleetlab_common.settings import NatsSettings, PostgresSettings
 from fleetlab_logstream import repository
 from fleetlab_logstream.app import build_service, migrate
 from fleetlab_logstream.schemas import LinesPage, LinesQuery
@@ -60,8 +60,9 @@ def texts(page: LinesPage) -> list[str]:
 
 
 def reply_size(page: LinesPage) -> int:
-    """Bytes of the page as ``rpc.logstream.lines`` sends it (FastStream's JSON encoding)."""
-    return len(json.dumps(page.model_dump(mode="json")).encode())
+    """Bytes of the page as ``rpc.logstream.lines`` sends it: compact JSON in UTF-8 (the NATS
+    test below checks this against a real reply)."""
+    return len(page.model_dump_json().encode())
 
 
 MakeLogstream = Callable[..., Awaitable[Logstream]]
@@ -73,8 +74,8 @@ async def make_logstream(fresh_dsn: str) -> AsyncIterator[MakeLogstream]:
 
     async def make(**overrides: Any) -> Logstream:
         settings = LogstreamSettings(
-            postgres={"dsn": fresh_dsn},  # type: ignore[arg-type]
-            nats={"url": "nats://127.0.0.1:1"},  # type: ignore[arg-type]  # never dialled
+            postgres=PostgresSettings(dsn=fresh_dsn),
+            nats=NatsSettings(url="nats://127.0.0.1:1"),  # never dialled
             **overrides,
         )
         if not pools:
@@ -98,9 +99,7 @@ async def read_all(ls: Logstream, query: LinesQuery) -> tuple[list[LinesPage], l
     pages = [await ls.query(query)]
     while pages[-1].next_seq is not None:
         assert len(pages) < 1000, "paging does not advance"
-        pages.append(
-            await ls.query(query.model_copy(update={"from_seq": pages[-1].next_seq}))
-        )
+        pages.append(await ls.query(query.model_copy(update={"from_seq": pages[-1].next_seq})))
     return pages, [ln for p in pages for ln in p.lines]
 
 
@@ -113,7 +112,9 @@ async def test_batches_are_stored_and_returned_in_seq_order(ls: Logstream) -> No
     page = await ls.query(LinesQuery(experiment_id=eid))
     assert [ln.seq for ln in page.lines] == [1, 2, 3, 4, 5, 6]
     assert texts(page) == [f"line {i}" for i in range(1, 7)]
-    assert page.lines[0] == LogLine(seq=1, stream="stdout", ts=T0 + timedelta(milliseconds=1), line="line 1")
+    assert page.lines[0] == LogLine(
+        seq=1, stream="stdout", ts=T0 + timedelta(milliseconds=1), line="line 1"
+    )
     assert (page.attempt, page.stored, page.next_seq) == (1, 6, None)
 
 
@@ -137,7 +138,11 @@ async def test_stream_filter_and_seq_range(ls: Logstream) -> None:
     )
 
     err = await ls.query(LinesQuery(experiment_id=eid, stream="stderr"))
-    assert [(ln.seq, ln.stream) for ln in err.lines] == [(3, "stderr"), (6, "stderr"), (9, "stderr")]
+    assert [(ln.seq, ln.stream) for ln in err.lines] == [
+        (3, "stderr"),
+        (6, "stderr"),
+        (9, "stderr"),
+    ]
     assert err.stored == 10  # the whole run, not the filtered part
 
     window = await ls.query(LinesQuery(experiment_id=eid, from_seq=4, to_seq=7))
@@ -201,7 +206,9 @@ async def test_a_line_longer_than_the_reply_limit_still_comes_through(
 ) -> None:
     ls = await make_logstream(max_reply_bytes=1024)
     eid = uuid7()
-    await ls.on_lines(batch(eid, range(1, 4), text=lambda seq: str(seq) * (2000 if seq == 2 else 1)))
+    await ls.on_lines(
+        batch(eid, range(1, 4), text=lambda seq: str(seq) * (2000 if seq == 2 else 1))
+    )
 
     _, lines = await read_all(ls, LinesQuery(experiment_id=eid))
     assert [ln.seq for ln in lines] == [1, 2, 3]  # one line per page at worst, never stuck
@@ -294,8 +301,8 @@ async def test_lines_are_stored_from_jetstream_and_answered_over_rpc(
     fresh_dsn: str, module_nats_url: str
 ) -> None:
     settings = LogstreamSettings(
-        postgres={"dsn": fresh_dsn},  # type: ignore[arg-type]
-        nats={"url": module_nats_url},  # type: ignore[arg-type]
+        postgres=PostgresSettings(dsn=fresh_dsn),
+        nats=NatsSettings(url=module_nats_url),
     )
     service, state = build_service(settings)
     await service.start_db()
@@ -332,9 +339,10 @@ async def test_lines_are_stored_from_jetstream_and_answered_over_rpc(
         page = await ask(from_seq=2, limit=2)
         assert ([ln["seq"] for ln in page["lines"]], page["next_seq"]) == ([2, 3], 4)
 
-        # A long run with a progress bar: well over NATS's 1 MiB as one reply, so it pages.
+        # A long run with a progress bar: 1.8 MB, well over NATS's 1 MiB payload limit as one
+        # reply, so it must come in pages.
         big = uuid7()
-        for start in range(1, 301, 50):
+        for start in range(1, 601, 50):
             await state.get().on_lines(
                 batch(big, range(start, start + 50), text=lambda seq: f"{seq} " + "\u2588" * 1000)
             )
@@ -348,7 +356,7 @@ async def test_lines_are_stored_from_jetstream_and_answered_over_rpc(
             answer: dict[str, Any] = await reply.decode()  # type: ignore[assignment]
             seqs += [ln["seq"] for ln in answer["lines"]]
             next_seq = answer["next_seq"]
-        assert seqs == list(range(1, 301))
+        assert seqs == list(range(1, 601))
     finally:
         await client.stop()
         await service.stopping()

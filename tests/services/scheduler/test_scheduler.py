@@ -28,6 +28,7 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.ids import uuid7
 from fleetlab_common.runspec import Parameter, RunSpec
+from fleetlab_common.settings import NatsSettings, PostgresSettings
 from fleetlab_scheduler.app import migrate
 from fleetlab_scheduler.service import Scheduler
 from fleetlab_scheduler.settings import SchedulerSettings
@@ -161,8 +162,8 @@ async def make_harness(fresh_dsn: str) -> AsyncIterator[MakeHarness]:
 
     async def make(lease_s: float = LEASE_S) -> Harness:
         settings = SchedulerSettings(
-            postgres={"dsn": fresh_dsn},  # type: ignore[arg-type]
-            nats={"url": "nats://127.0.0.1:1"},  # type: ignore[arg-type]  # never dialled
+            postgres=PostgresSettings(dsn=fresh_dsn),
+            nats=NatsSettings(url="nats://127.0.0.1:1"),  # never dialled
             lease_s=lease_s,
         )
         await migrate(settings)

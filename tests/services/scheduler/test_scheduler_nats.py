@@ -32,6 +32,7 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.ids import uuid7
 from fleetlab_common.runspec import RunSpec
+from fleetlab_common.settings import NatsSettings, PostgresSettings
 from fleetlab_scheduler.app import build_service
 from fleetlab_scheduler.settings import SchedulerSettings
 from fleetlab_scheduler.state import State
@@ -55,8 +56,8 @@ def module_nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def scheduler(fresh_dsn: str, module_nats_url: str) -> AsyncIterator[State]:
     """A started scheduler service (migrations, pool, broker, streams, relay, loops)."""
     settings = SchedulerSettings(
-        postgres={"dsn": fresh_dsn},  # type: ignore[arg-type]
-        nats={"url": module_nats_url},  # type: ignore[arg-type]
+        postgres=PostgresSettings(dsn=fresh_dsn),
+        nats=NatsSettings(url=module_nats_url),
         lease_s=LEASE_S,
         reap_interval_s=0.1,
     )
@@ -147,7 +148,9 @@ class FakeAgent:
         self._task: asyncio.Task[None] | None = None
 
     def heartbeat(self) -> AgentHeartbeat:
-        return AgentHeartbeat(agent_id=self.agent_id, instance_id=self.instance_id, slots=self.slots)
+        return AgentHeartbeat(
+            agent_id=self.agent_id, instance_id=self.instance_id, slots=self.slots
+        )
 
     async def _beat(self) -> None:
         while True:
@@ -231,7 +234,9 @@ async def test_a_submission_is_pushed_to_the_agent_and_its_finish_frees_the_slot
         assert uuid.UUID(body["experiment_id"]) == other
 
     pool = scheduler.get().pool
-    row = await pool.fetchrow("SELECT status, outcome FROM experiments WHERE id = $1", got.experiment_id)
+    row = await pool.fetchrow(
+        "SELECT status, outcome FROM experiments WHERE id = $1", got.experiment_id
+    )
     assert row is not None
     assert (row["status"], row["outcome"]) == ("done", "succeeded")
     # The repeated submission was queued once: nothing else was assigned.
@@ -276,7 +281,8 @@ async def _status_is(pool: Any, experiment_id: uuid.UUID, status: str) -> bool:
     return bool(value == status)
 
 
-async def test_health_answers_ok(scheduler: State, client: NatsBroker) -> None:  # noqa: ARG001
+@pytest.mark.usefixtures("scheduler")
+async def test_health_answers_ok(client: NatsBroker) -> None:
     report = await request(client, Rpc.health("scheduler"))
     assert report == {
         "service": "scheduler",

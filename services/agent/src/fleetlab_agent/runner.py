@@ -56,18 +56,30 @@ class RunResult:
 PublishLines = Callable[[list[LogLine]], Awaitable[None]]
 
 
+def _size(text: str) -> int:
+    # What a line costs in the batch's JSON: its UTF-8 (escapes make it up to 6x) plus fields.
+    return len(text.encode()) * 2 + 96
+
+
 class LogBatcher:
     """Numbers output lines (one sequence per run, across stdout and stderr) and sends them
-    in batches: at most ``max_lines`` per batch, at most ``max_delay`` seconds late.
+    in batches: at most ``max_lines`` lines or about ``max_bytes`` of text per batch (well
+    under NATS's 1 MiB message limit), at most ``max_delay`` seconds late.
     """
 
     def __init__(
-        self, publish: PublishLines, max_lines: int = 500, max_delay: float = 0.05
+        self,
+        publish: PublishLines,
+        max_lines: int = 500,
+        max_delay: float = 0.05,
+        max_bytes: int = 256 * 1024,
     ) -> None:
         self._publish = publish
         self._max_lines = max_lines
         self._max_delay = max_delay
+        self._max_bytes = max_bytes
         self._buffer: list[LogLine] = []
+        self._buffer_bytes = 0
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
         self._closed = False
@@ -77,9 +89,23 @@ class LogBatcher:
     def add(self, stream: Literal["stdout", "stderr"], text: str) -> None:
         self.seq += 1
         self._buffer.append(LogLine(seq=self.seq, stream=stream, ts=utcnow(), line=text))
+        self._buffer_bytes += _size(text)
         self._pending.set()
-        if len(self._buffer) >= self._max_lines:
+        if len(self._buffer) >= self._max_lines or self._buffer_bytes >= self._max_bytes:
             self._full.set()
+
+    def _take(self) -> list[LogLine]:
+        """The next batch: bounded by lines and by bytes, never empty while lines wait."""
+        size, count = 0, 0
+        for line in self._buffer[: self._max_lines]:
+            size += _size(line.line)
+            if count and size > self._max_bytes:
+                break
+            count += 1
+        batch = self._buffer[:count]
+        del self._buffer[:count]
+        self._buffer_bytes = sum(_size(ln.line) for ln in self._buffer)
+        return batch
 
     async def _flusher(self) -> None:
         while True:
@@ -87,9 +113,8 @@ class LogBatcher:
             if not self._closed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self._max_delay)
-            batch = self._buffer[: self._max_lines]
-            del self._buffer[: len(batch)]
-            if len(self._buffer) < self._max_lines:
+            batch = self._take()
+            if len(self._buffer) < self._max_lines and self._buffer_bytes < self._max_bytes:
                 self._full.clear()
             if not self._buffer:
                 self._pending.clear()
@@ -107,8 +132,16 @@ class LogBatcher:
         return self.seq
 
 
-def _decode(raw: bytes) -> str:
-    return raw.rstrip(b"\r").decode("utf-8", errors="replace")
+# A line longer than this is cut, with a marker saying how long it was: one runaway line
+# (a progress bar without newlines, a dumped array) must not make a message too big for NATS.
+MAX_LINE_BYTES = 16 * 1024
+
+
+def _decode(raw: bytes, total: int | None = None) -> str:
+    text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+    if total is not None and total > MAX_LINE_BYTES:
+        text += f" … [line cut: {total} bytes]"
+    return text
 
 
 async def _pump(
@@ -117,13 +150,18 @@ async def _pump(
     if reader is None:
         return
     pending = b""
+    pending_total = 0  # bytes of the current line, including what was cut away
     while chunk := await reader.read(65536):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
+        *lines, tail = chunk.split(b"\n")
         for line in lines:
-            batcher.add(stream, _decode(line))
-    if pending:
-        batcher.add(stream, _decode(pending))
+            pending_total += len(line)
+            pending += line[: max(0, MAX_LINE_BYTES - len(pending))]
+            batcher.add(stream, _decode(pending, pending_total))
+            pending, pending_total = b"", 0
+        pending_total += len(tail)
+        pending += tail[: max(0, MAX_LINE_BYTES - len(pending))]
+    if pending_total:
+        batcher.add(stream, _decode(pending, pending_total))
 
 
 @dataclass

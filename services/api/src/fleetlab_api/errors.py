@@ -46,8 +46,13 @@ def error_body(message: str, fields: dict[str, str] | None = None) -> dict[str, 
     return body
 
 
+# Where FastAPI read the input from: the first element of an error's location.
+_SOURCES = ("body", "query", "path", "header", "cookie")
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    # Only the leading source goes: a field or option may itself be named "path" or "body".
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in _SOURCES else loc)]
     return ".".join(parts) or "body"
 
 

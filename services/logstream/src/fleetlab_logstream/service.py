@@ -13,6 +13,9 @@ from fleetlab_logstream import repository as repo
 from fleetlab_logstream.schemas import LinesPage, LinesQuery
 from fleetlab_logstream.settings import LogstreamSettings
 
+# Bytes of a page's JSON around its lines: {"attempt":…,"lines":[…],"stored":…,"next_seq":…}.
+_PAGE_OVERHEAD = 128
+
 
 @dataclass
 class Logstream:
@@ -64,14 +67,16 @@ class Logstream:
                 query.limit + 1,
             )
         lines: list[LogLine] = []
-        size = 0
+        size = _PAGE_OVERHEAD
         for row in rows[: query.limit]:
-            size += len(row["line"]) + 64
+            line = LogLine(seq=row["seq"], stream=row["stream"], ts=row["ts"], line=row["line"])
+            # Measured as it is sent (JSON in UTF-8), not in characters: a progress bar's "█"
+            # takes three bytes and a terminal escape six ("\u001b"), so a page counted in
+            # characters outgrew the NATS payload limit and the viewer's request timed out.
+            size += len(line.model_dump_json().encode()) + 1
             if lines and size > self.settings.max_reply_bytes:
                 break
-            lines.append(
-                LogLine(seq=row["seq"], stream=row["stream"], ts=row["ts"], line=row["line"])
-            )
+            lines.append(line)
         more = len(lines) < len(rows)
         return LinesPage(
             attempt=attempt,

@@ -11,6 +11,6 @@ class SchedulerSettings(CommonSettings):
 
     port: int = 5081
     # An agent whose last heartbeat is older than this is offline; what it ran is lost.
-    lease_s: float = Field(default=6.0, gt=0)
+    lease_s: float = Field(default=15.0, gt=0)
     # How often expired leases are looked for.
     reap_interval_s: float = Field(default=0.5, gt=0)

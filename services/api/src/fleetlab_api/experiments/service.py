@@ -10,6 +10,7 @@ from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import get_logger
+from nats.errors import NoRespondersError
 
 from fleetlab_api.errors import ApiError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
@@ -97,6 +98,9 @@ async def read_lines(
             reply = await broker.request(query, Rpc.LOG_LINES, timeout=timeout_s)
         except TimeoutError:
             raise ApiError(503, "the log service did not answer in time") from None
+        except NoRespondersError:
+            # NATS says at once that nobody listens: logstream is not running.
+            raise ApiError(503, "the log service did not answer: it is not running") from None
         page = await reply.decode()
         if not isinstance(page, dict) or "lines" not in page:
             raise ApiError(503, "the log service gave an unexpected answer")

@@ -26,17 +26,18 @@ def _to_project(row: asyncpg.Record) -> Project:
     )
 
 
-def _ref_clause(ref: str) -> tuple[str, object]:
-    try:
-        return "id = $1", uuid.UUID(ref)
-    except ValueError:
-        return "name = $1", ref
-
-
 async def get(conn: Conn, ref: str) -> Project | None:
-    """A project by id or by name."""
-    clause, value = _ref_clause(ref)
-    row = await conn.fetchrow(f"SELECT * FROM projects WHERE {clause}", value)
+    """A project by id or by name: the id first, for a name may look like one (a hex hash)."""
+    try:
+        project_id: uuid.UUID | None = uuid.UUID(ref)
+    except ValueError:
+        project_id = None
+    row = await conn.fetchrow(
+        """SELECT * FROM projects WHERE id = $1 OR name = $2
+           ORDER BY id = $1 DESC NULLS LAST LIMIT 1""",
+        project_id,
+        ref,
+    )
     return _to_project(row) if row else None
 
 

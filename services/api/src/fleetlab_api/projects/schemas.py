@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -122,11 +123,13 @@ class ProjectCreate(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=0, ge=0, le=100)
 
-    @model_validator(mode="after")
-    def _command_words(self) -> ProjectCreate:
-        if any(not word for word in self.command):
-            raise ValueError("command: every word must be a non-empty string")
-        return self
+    @field_validator("command")
+    @classmethod
+    def _command_words(cls, command: list[str]) -> list[str]:
+        # A field validator, so that the error names ``command``, not the whole body.
+        if any(not word for word in command):
+            raise ValueError("every word must be a non-empty string")
+        return command
 
     def run_spec(self) -> RunSpec:
         return RunSpec(
