@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import nats
 import pytest
+
 from fleetlab_common.embedded import free_port
 
 pytestmark = pytest.mark.e2e

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
 from fleetlab_common.embedded import (
     EmbeddedPostgres,
     free_port,

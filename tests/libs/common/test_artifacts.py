@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import pytest
+
 from fleetlab_common.artifacts import (
     ArtifactConfigError,
     ArtifactInfo,

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import fleetlab_common
 import pytest
+
+import fleetlab_common
 from fleetlab_common.events import (
     EVENTS,
     AgentHeartbeat,

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats.js.errors
 import pytest
+
 from fleetlab_common.broker import (
     consumer_name,
     ensure_streams,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from fleetlab_common.db.migrate import (
     COMMON_MIGRATIONS,
     LOCK_KEY,

@@ -19,6 +19,8 @@ from typing import Any
 import asyncpg
 import pytest
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
+
 from fleetlab_common.broker import ensure_streams, make_broker
 from fleetlab_common.db.inbox import first_delivery, prune_inbox
 from fleetlab_common.db.migrate import migrate
@@ -34,7 +36,6 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.runspec import RunSpec
 from fleetlab_common.settings import NatsSettings
-from nats.js import JetStreamContext
 
 SCHEMA = "svc"
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from fleetlab_common.runspec import (
     BooleanStyle,
     OptionStyle,
@@ -23,7 +25,6 @@ from fleetlab_common.runspec import (
     dumps_options,
     option_args,
 )
-from pydantic import ValidationError
 
 FGMACHINE_PROJECTS = Path("/work/shared/fixtures/fgmachine/projects")
 EXP_ID = "0190a3c4-5b6d-7e8f-9a0b-1c2d3e4f5a6b"

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-from fleetlab_common.settings import CommonSettings
 from pydantic import ValidationError
+
+from fleetlab_common.settings import CommonSettings
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+
 from fleetlab_agent import handlers
 from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from fleetlab_agent.runner import LogBatcher, Run, RunResult
 from fleetlab_common.events import LogLine
 from fleetlab_common.runspec import RunSpec

@@ -20,12 +20,13 @@ import nats
 import pytest
 from fastapi import FastAPI
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+
 from fleetlab_api.app import create_app
 from fleetlab_api.settings import ApiSettings
 from fleetlab_common.broker import ensure_streams, make_broker
 from fleetlab_common.ids import uuid7
 from fleetlab_common.settings import NatsSettings
-from nats.aio.client import Client as NatsClient
 
 # How long the API's NATS requests wait: short, so "no answer" is quick to see.
 RPC_TIMEOUT_S = 0.5

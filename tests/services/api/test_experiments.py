@@ -17,6 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
 from fleetlab_common.broker import consumer_name, publish_event
 from fleetlab_common.events import (
     Event,
@@ -25,9 +29,6 @@ from fleetlab_common.events import (
     ExperimentStarted,
 )
 from fleetlab_common.ids import uuid7
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 MakeProject = Callable[..., Awaitable[dict[str, Any]]]
 WaitUntil = Callable[..., Awaitable[Any]]
@@ -109,10 +110,18 @@ async def submitted(nc: NatsClient) -> AsyncIterator[asyncio.Queue[Msg]]:
         await sub.unsubscribe()
 
 
-async def next_submitted(queue: asyncio.Queue[Msg]) -> tuple[Msg, dict[str, Any]]:
-    msg = await asyncio.wait_for(queue.get(), 10)
-    payload: dict[str, Any] = json.loads(msg.data)
-    return msg, payload
+async def published_before(
+    queue: asyncio.Queue[Msg], experiment_id: str
+) -> tuple[Msg, list[dict[str, Any]]]:
+    """The message for ``experiment_id``, and the payloads of those that came before it
+    (a test before this one may still have had an event on its way)."""
+    before: list[dict[str, Any]] = []
+    while True:
+        msg = await asyncio.wait_for(queue.get(), 10)
+        payload: dict[str, Any] = json.loads(msg.data)
+        if payload["experiment_id"] == experiment_id:
+            return msg, before
+        before.append(payload)
 
 
 # -- submission -----------------------------------------------------------------------------
@@ -137,7 +146,10 @@ async def test_submit_queues_with_defaults_filled(
     assert experiment["options"] == {**DEFAULTS, "seed": 7, "lr": 0.5}
     for key in ("started_at", "finished_at", "exit_code", "agent_id", "log_lines"):
         assert experiment[key] is None
-    assert await get(client, experiment["id"]) == experiment
+    fetched = await get(client, experiment["id"])
+    assert fetched == experiment
+    # In the schema's order, as FGMachine would pass them.
+    assert list(fetched["options"]) == list(SCHEMA)
 
 
 async def test_project_may_be_given_by_id(
@@ -189,6 +201,7 @@ async def test_accepted_options(
         pytest.param({"level": "1"}, "options.level", "one of", id="enum-string-is-not-1"),
         pytest.param({"model": ""}, "options.model", "non-empty", id="string-empty"),
         pytest.param({"model": 5}, "options.model", "string", id="string-number"),
+        pytest.param({"model": "a\x00b"}, "options.model", "NUL", id="string-nul"),
         pytest.param({"colour": "red"}, "options.colour", "unknown option", id="unknown-key"),
     ],
 )
@@ -271,6 +284,34 @@ async def test_bad_request_body_is_422(
     assert field in body["fields"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        pytest.param({"name": "a\x00b"}, "name", id="name"),
+        pytest.param({"tags": ["ok", "a\x00b"]}, "tags.1", id="tag"),
+        pytest.param({"name": "x" * 201}, "name", id="long-name"),
+        pytest.param({"priority": 1001}, "priority", id="priority"),
+    ],
+)
+async def test_bad_submission_fields_are_422(
+    client: httpx.AsyncClient, project: dict[str, Any], extra: dict[str, Any], field: str
+) -> None:
+    body = {"project": project["name"], "options": {"seed": 1}, **extra}
+
+    response = await client.post("/api/v1/experiments", json=body)
+
+    assert response.status_code == 422, response.text
+    assert field in response.json()["fields"]
+    assert await listed(client, project=project["name"]) == []
+
+
+async def test_project_ref_with_nul_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v1/experiments", json={"project": "a\x00b"})
+
+    assert response.status_code == 422
+    assert "project" in response.json()["fields"]
+
+
 async def test_refused_submission_creates_and_publishes_nothing(
     client: httpx.AsyncClient,
     project: dict[str, Any],
@@ -285,9 +326,9 @@ async def test_refused_submission_creates_and_publishes_nothing(
     # Events leave in commit order: if the refused one had been published, it would come
     # before this one.
     marker = await submit(client, project["name"])
-    _, payload = await next_submitted(submitted)
+    _, earlier = await published_before(submitted, marker["id"])
 
-    assert payload["experiment_id"] == marker["id"]
+    assert [p for p in earlier if p["project"] == project["name"]] == []
     assert await listed(client, project=project["name"]) == [marker, *before]
 
 
@@ -298,7 +339,8 @@ async def test_submission_publishes_the_event(
 ) -> None:
     experiment = await submit(client, project["name"], {"seed": 3, "cuda": True}, priority=5)
 
-    msg, payload = await next_submitted(submitted)
+    msg, _ = await published_before(submitted, experiment["id"])
+    payload = json.loads(msg.data)
 
     assert msg.subject == SUBMITTED
     assert payload["type"] == SUBMITTED
@@ -306,6 +348,7 @@ async def test_submission_publishes_the_event(
     assert payload["project_id"] == project["id"]
     assert payload["project"] == project["name"]
     assert payload["options"] == experiment["options"]
+    assert list(payload["options"]) == list(SCHEMA)
     assert payload["priority"] == 5
     assert payload["run"]["command"] == ["python3", "train.py"]
     assert payload["run"]["option_style"] == "plain"

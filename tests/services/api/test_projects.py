@@ -187,6 +187,20 @@ async def test_duplicate_name_is_409_and_keeps_the_first(
         pytest.param(
             {"schema": {"path": {"type": "file"}}}, "schema.path.type", id="option-named-path"
         ),
+        # NUL: no argv word and no PostgreSQL text can hold one (it was a 500).
+        pytest.param({"command": ["python3", "a\x00b"]}, "command", id="nul-in-command"),
+        pytest.param({"env": {"A": "x\x00"}}, "env.A", id="nul-in-env"),
+        pytest.param({"parameters": [{"pass-as": "--x\x00"}]}, "parameters", id="nul-in-parameter"),
+        pytest.param(
+            {"schema": {"s": {"type": "string", "default": "a\x00"}}},
+            "schema.s",
+            id="nul-in-default",
+        ),
+        pytest.param(
+            {"schema": {"e": {"type": "enum", "values": ["a\x00"]}}},
+            "schema.e",
+            id="nul-in-enum-value",
+        ),
         pytest.param({"colour": "red"}, "colour", id="unknown-top-level-key"),
         pytest.param({"option_style": "posix"}, "option_style", id="bad-option-style"),
         pytest.param({"boolean": "sometimes"}, "boolean", id="bad-boolean-style"),
@@ -210,6 +224,35 @@ async def test_invalid_body_is_422_naming_the_field(
     _assert_error(response, 422, field)
     if "name" not in change:
         assert (await client.get(f"/api/v1/projects/{name}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("schema", "field"),
+    [
+        pytest.param(b'{"e": {"type": "enum", "values": [NaN, 1]}}', "schema.e", id="enum-nan"),
+        pytest.param(b'{"e": {"type": "enum", "values": [Infinity]}}', "schema.e", id="enum-inf"),
+        pytest.param(b'{"f": {"type": "float", "default": NaN}}', "schema.f", id="default-nan"),
+    ],
+)
+async def test_non_finite_numbers_are_422(
+    client: httpx.AsyncClient, unique_name: Callable[[str], str], schema: bytes, field: str
+) -> None:
+    # Python's JSON reader takes NaN and Infinity; PostgreSQL's json does not (it was a 500).
+    name = unique_name("nan")
+    body = b'{"name": "%s", "command": ["x"], "schema": %s}' % (name.encode(), schema)
+
+    response = await client.post(
+        "/api/v1/projects", content=body, headers={"content-type": "application/json"}
+    )
+
+    _assert_error(response, 422, field)
+
+
+async def test_ref_with_nul_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/projects/a%00b")
+
+    assert response.status_code == 404
+    assert response.json()["error"]
 
 
 async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
@@ -236,14 +279,17 @@ async def test_fglab_fixture_schemas(
         body = _assert_error(response, 422, "schema.cuda")
         message = body["error"]
         assert "cuda" in message
-        assert "default" in message
+        assert "the default 'false' is not a valid bool" in message
         assert "true or false" in message
+        assert body["fields"]["schema.cuda"].startswith("the default 'false' is not a valid bool")
         assert (await client.get(f"/api/v1/projects/{name}")).status_code == 404
     else:
         assert response.status_code == 201, response.text
         assert response.json()["schema"] == schema
-        fetched = await client.get(f"/api/v1/projects/{name}")
-        assert fetched.json()["schema"] == schema
+        fetched = (await client.get(f"/api/v1/projects/{name}")).json()
+        assert fetched["schema"] == schema
+        # In the order given: FGLab lists the options, and FGMachine passes them, that way.
+        assert list(fetched["schema"]) == list(schema)
 
 
 def test_every_fglab_fixture_is_covered() -> None:

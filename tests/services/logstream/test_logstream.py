@@ -15,6 +15,7 @@ from typing import Any, Literal
 import asyncpg
 import pytest
 from faststream.nats import NatsBroker
+
 from fleetlab_common.broker import publish_event
 from fleetlab_common.db.pool import create_pool
 from fleetlab_common.embedded import start_nats, stop_process

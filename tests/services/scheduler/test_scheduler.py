@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
+
 from fleetlab_common.db.outbox import OutboxRelay
 from fleetlab_common.db.pool import create_pool
 from fleetlab_common.events import (

@@ -19,6 +19,9 @@ from typing import Any
 import nats
 import pytest
 from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
 from fleetlab_common.broker import publish_event
 from fleetlab_common.db.service import DbService
 from fleetlab_common.embedded import start_nats, stop_process
@@ -36,8 +39,6 @@ from fleetlab_common.settings import NatsSettings, PostgresSettings
 from fleetlab_scheduler.app import build_service
 from fleetlab_scheduler.settings import SchedulerSettings
 from fleetlab_scheduler.state import State
-from nats.aio.client import Client
-from nats.aio.subscription import Subscription
 
 LEASE_S = 1.5
 WAIT_S = 10.0

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fleetlab_common.service import run_service
-
 from fleetlab_agent.app import create_app
 from fleetlab_agent.settings import AgentSettings
+from fleetlab_common.service import run_service
 
 
 def main() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
-from fleetlab_common.broker import ensure_streams, make_broker
-from fleetlab_common.log import get_logger
-from fleetlab_common.service import Background, healthz_handler
 
 from fleetlab_agent import handlers
 from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
+from fleetlab_common.broker import ensure_streams, make_broker
+from fleetlab_common.log import get_logger
+from fleetlab_common.service import Background, healthz_handler
 
 log = get_logger(__name__)
 

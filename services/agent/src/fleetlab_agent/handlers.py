@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import structlog
 from faststream.nats import NatsBroker
-from fleetlab_common.broker import event_subscriber
-from fleetlab_common.events import ExperimentAssigned
 
 from fleetlab_agent.service import Agent
+from fleetlab_common.broker import event_subscriber
+from fleetlab_common.events import ExperimentAssigned
 
 
 def register(broker: NatsBroker, agent: Agent) -> None:

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import psutil
+
 from fleetlab_common.events import AgentHardware, GpuInfo
 from fleetlab_common.log import get_logger
 

@@ -7,6 +7,10 @@ import contextlib
 import uuid
 
 from faststream.nats import NatsBroker
+
+from fleetlab_agent.hardware import detect_hardware
+from fleetlab_agent.runner import LogBatcher, Run, RunResult
+from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import publish_event, publish_event_reliably
 from fleetlab_common.events import (
     AgentHeartbeat,
@@ -19,10 +23,6 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import get_logger
-
-from fleetlab_agent.hardware import detect_hardware
-from fleetlab_agent.runner import LogBatcher, Run, RunResult
-from fleetlab_agent.settings import AgentSettings
 
 log = get_logger(__name__)
 

@@ -8,9 +8,10 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from fleetlab_common.settings import CommonSettings
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
+
+from fleetlab_common.settings import CommonSettings
 
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]+")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fleetlab_common.service import run_service
-
 from fleetlab_api.app import create_app, migrate
 from fleetlab_api.settings import ApiSettings
+from fleetlab_common.service import run_service
 
 
 def main() -> None:

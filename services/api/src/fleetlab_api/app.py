@@ -9,6 +9,12 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
+
+from fleetlab_api import artifacts, errors, handlers, health, pages
+from fleetlab_api.experiments.endpoints import router as experiments_router
+from fleetlab_api.projects.endpoints import router as projects_router
+from fleetlab_api.settings import ApiSettings
+from fleetlab_api.state import State
 from fleetlab_common.artifacts import make_store
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
@@ -16,12 +22,6 @@ from fleetlab_common.db.service import DbService
 from fleetlab_common.events.asyncapi import asyncapi_document
 from fleetlab_common.log import get_logger
 from fleetlab_common.service import migrations_dir
-
-from fleetlab_api import artifacts, errors, handlers, health, pages
-from fleetlab_api.experiments.endpoints import router as experiments_router
-from fleetlab_api.projects.endpoints import router as projects_router
-from fleetlab_api.settings import ApiSettings
-from fleetlab_api.state import State
 
 log = get_logger(__name__)
 

@@ -11,15 +11,15 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+
+from fleetlab_api.deps import StateDep
+from fleetlab_api.errors import ApiError, NotFoundError
 from fleetlab_common.artifacts import (
     ArtifactKeyError,
     ArtifactNotFoundError,
     ArtifactSignatureError,
     verify_signature,
 )
-
-from fleetlab_api.deps import StateDep
-from fleetlab_api.errors import ApiError, NotFoundError
 
 router = APIRouter(prefix="/api/v1/artifacts", tags=["artifacts"])
 

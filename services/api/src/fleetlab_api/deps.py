@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fleetlab_common.db import Conn
 
 from fleetlab_api.state import State
+from fleetlab_common.db import Conn
 
 
 def get_state(request: Request) -> State:

@@ -13,6 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fleetlab_common.log import get_logger
+
+log = get_logger(__name__)
+
 
 class ApiError(Exception):
     """An expected failure, rendered as the API's JSON error."""
@@ -71,6 +75,10 @@ def install(app: FastAPI) -> None:
             if err.get("type") == "json_invalid":
                 fields["body"] = f"malformed JSON: {err.get('ctx', {}).get('error', 'invalid')}"
                 continue
+            if err.get("type") == "value_error" and "error" in err.get("ctx", {}):
+                # Our own validators' words, without pydantic's "Value error, " in front.
+                fields.setdefault(path, str(err["ctx"]["error"]))
+                continue
             fields.setdefault(path, str(err.get("msg", "invalid")))
         if "body" in fields and len(fields) == 1:
             message = "the request body is not valid: " + fields["body"]
@@ -83,3 +91,9 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             error_body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Still the one JSON shape; the details go to the log, not to the client.
+        log.exception("api.unexpected_error", error=repr(exc))
+        return JSONResponse(error_body("internal error: the failure is logged"), status_code=500)

@@ -6,6 +6,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from faststream.nats import NatsBroker
+
+from fleetlab_api.experiments import repository as repo
+from fleetlab_api.state import State
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.db import Conn
 from fleetlab_common.db.inbox import first_delivery
@@ -16,9 +19,6 @@ from fleetlab_common.events import (
     ExperimentLost,
     ExperimentStarted,
 )
-
-from fleetlab_api.experiments import repository as repo
-from fleetlab_api.state import State
 
 CONSUMER = "api"
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from fleetlab_common.db.pool import ping
-from fleetlab_common.events import Rpc
 
 from fleetlab_api.deps import StateDep
 from fleetlab_api.state import State
+from fleetlab_common.db.pool import ping
+from fleetlab_common.events import Rpc
 
 router = APIRouter(tags=["health"])
 
@@ -56,7 +56,7 @@ async def system_health(state: State) -> dict[str, str]:
     agents = replies[-1]
     if agents is None:
         components["agents"] = "unknown: the scheduler did not answer"
-    elif int(agents.get("online", 0)) < 1:
+    elif not isinstance(agents.get("online"), int) or agents["online"] < 1:
         components["agents"] = "down: no agent online"
     else:
         components["agents"] = "ok"

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import asyncpg
 from faststream.nats import NatsBroker
-from fleetlab_common.artifacts import ArtifactStore
-from fleetlab_common.db.outbox import OutboxRelay
 
 from fleetlab_api.settings import ApiSettings
+from fleetlab_common.artifacts import ArtifactStore
+from fleetlab_common.db.outbox import OutboxRelay
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fleetlab_common.service import run_service
-
 from fleetlab_logstream.app import create_app, migrate
 from fleetlab_logstream.settings import LogstreamSettings
 

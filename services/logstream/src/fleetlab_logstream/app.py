@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
+
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
 from fleetlab_common.db.service import DbService
 from fleetlab_common.service import migrations_dir
-
 from fleetlab_logstream import handlers
 from fleetlab_logstream.service import Logstream
 from fleetlab_logstream.settings import LogstreamSettings

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from faststream.nats import NatsBroker
+
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.events import LogLinesAppended, Rpc
-
 from fleetlab_logstream.schemas import LinesQuery
 from fleetlab_logstream.state import State
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+
 from fleetlab_common.db import Conn
 from fleetlab_common.events import LogLinesAppended
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from fleetlab_common.events import LogLine
 from pydantic import BaseModel, Field
+
+from fleetlab_common.events import LogLine
 
 
 class LinesQuery(BaseModel):

@@ -7,8 +7,8 @@ import contextlib
 from dataclasses import dataclass, field
 
 import asyncpg
-from fleetlab_common.events import LogLine, LogLinesAppended
 
+from fleetlab_common.events import LogLine, LogLinesAppended
 from fleetlab_logstream import repository as repo
 from fleetlab_logstream.schemas import LinesPage, LinesQuery
 from fleetlab_logstream.settings import LogstreamSettings

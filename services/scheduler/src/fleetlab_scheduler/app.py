@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
+
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
 from fleetlab_common.db.service import DbService, Loop
 from fleetlab_common.service import migrations_dir
-
 from fleetlab_scheduler import handlers
 from fleetlab_scheduler.service import Scheduler
 from fleetlab_scheduler.settings import SchedulerSettings

@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 from faststream.nats import NatsBroker
+
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.events import (
     AgentHeartbeat,
@@ -14,7 +15,6 @@ from fleetlab_common.events import (
     ExperimentSubmitted,
     Rpc,
 )
-
 from fleetlab_scheduler.service import CONSUMER
 from fleetlab_scheduler.state import State
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+
 from fleetlab_common.db import Conn
 from fleetlab_common.events import AgentHeartbeat, ExperimentSubmitted
 

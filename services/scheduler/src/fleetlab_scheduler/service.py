@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+
 from fleetlab_common.db import Conn
 from fleetlab_common.db.inbox import first_delivery
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
@@ -24,7 +25,6 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.log import get_logger
 from fleetlab_common.runspec import RunSpec
-
 from fleetlab_scheduler import repository as repo
 from fleetlab_scheduler.settings import SchedulerSettings
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fleetlab_common.settings import CommonSettings
 from pydantic import Field
+
+from fleetlab_common.settings import CommonSettings
 
 
 class SchedulerSettings(CommonSettings):

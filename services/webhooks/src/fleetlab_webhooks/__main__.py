@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fleetlab_common.service import run_service
-
 from fleetlab_webhooks.app import create_app, migrate
 from fleetlab_webhooks.settings import WebhooksSettings
 

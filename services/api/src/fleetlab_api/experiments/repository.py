@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from fleetlab_common.db import Conn
 
 from fleetlab_api.experiments.schemas import Experiment
+from fleetlab_common.db import Conn
 
 _SELECT = """SELECT e.*, p.name AS project FROM experiments e
              JOIN projects p ON p.id = e.project_id"""

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetlab_api.projects.schemas import Text
+
 Status = Literal["queued", "running", "succeeded", "failed", "stopped", "lost"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
 
@@ -17,11 +19,11 @@ class ExperimentCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    project: str = Field(min_length=1, description="The project's id or name.")
+    project: Text = Field(min_length=1, description="The project's id or name.")
     options: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = Field(default=None, max_length=200)
+    name: Text | None = Field(default=None, max_length=200)
     priority: int = Field(default=0, ge=-1000, le=1000)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    tags: list[Text] = Field(default_factory=list, max_length=50)
 
 
 class Experiment(BaseModel):
@@ -38,6 +40,7 @@ class Experiment(BaseModel):
     agent_id: str | None
     attempt: int
     exit_code: int | None
+    signal: int | None = None
     log_lines: int | None
     priority: int
     tags: list[str]

@@ -5,11 +5,6 @@ from __future__ import annotations
 import uuid
 
 from faststream.nats import NatsBroker
-from fleetlab_common.db import Conn
-from fleetlab_common.db.outbox import OutboxRelay, enqueue
-from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
-from fleetlab_common.ids import uuid7
-from fleetlab_common.log import get_logger
 from nats.errors import NoRespondersError
 
 from fleetlab_api.errors import ApiError, InvalidError, NotFoundError
@@ -17,6 +12,11 @@ from fleetlab_api.experiments import repository as repo
 from fleetlab_api.experiments.schemas import TERMINAL, Experiment, ExperimentCreate
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.projects.schemas import validate_options
+from fleetlab_common.db import Conn
+from fleetlab_common.db.outbox import OutboxRelay, enqueue
+from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
+from fleetlab_common.ids import uuid7
+from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
 

@@ -6,10 +6,10 @@ import json
 import uuid
 
 import asyncpg
-from fleetlab_common.db import Conn
-from fleetlab_common.ids import uuid7
 
 from fleetlab_api.projects.schemas import Project, ProjectCreate
+from fleetlab_common.db import Conn
+from fleetlab_common.ids import uuid7
 
 
 def _to_project(row: asyncpg.Record) -> Project:
@@ -28,6 +28,8 @@ def _to_project(row: asyncpg.Record) -> Project:
 
 async def get(conn: Conn, ref: str) -> Project | None:
     """A project by id or by name: the id first, for a name may look like one (a hex hash)."""
+    if "\x00" in ref:  # no name holds one, and PostgreSQL would refuse the query
+        return None
     try:
         project_id: uuid.UUID | None = uuid.UUID(ref)
     except ValueError:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,8 +18,22 @@ from pydantic import (
     model_validator,
 )
 
+from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
+
 OptionType = Literal["int", "float", "bool", "string", "enum"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NUL = "\x00"
+
+
+def _without_nul(value: str) -> str:
+    # Neither a PostgreSQL text nor an argv word can hold one: refuse it here, by name,
+    # rather than fail in the database (a 500) or in the agent's exec.
+    if NUL in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_without_nul)]
 
 
 class OptionSpec(BaseModel):
@@ -42,6 +56,11 @@ class OptionSpec(BaseModel):
         if self.type == "enum":
             if not self.values:
                 raise ValueError("an enum needs a non-empty 'values' list")
+            for value in self.values:
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"enum values must be finite numbers, not {value!r}")
+                if isinstance(value, str) and NUL in value:
+                    raise ValueError("enum values must not contain a NUL character")
         elif self.values is not None:
             raise ValueError(f"'values' is only for enums, not {self.type}")
         if self.default is not None:
@@ -49,7 +68,8 @@ class OptionSpec(BaseModel):
             # "false" given for a bool is refused here rather than at every submission.
             error = check_value(self, self.default)[1]
             if error:
-                raise ValueError(f"default {self.default!r}: {error}")
+                default = self.default
+                raise ValueError(f"the default {default!r} is not a valid {self.type}: {error}")
         return self
 
 
@@ -74,6 +94,8 @@ def check_value(spec: OptionSpec, value: Any) -> tuple[OptionValue | None, str |
     if spec.type == "string":
         if not isinstance(value, str) or not value:
             return None, f"must be a non-empty string, not {value!r}"
+        if NUL in value:
+            return None, "must not contain a NUL character"
         return value, None
     assert spec.values is not None
     # Same type and value: JSON's true must not match an enum value 1.
@@ -115,11 +137,11 @@ class ProjectCreate(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique; usable wherever an id is.")
     command: list[str] = Field(min_length=1, description="argv, run without a shell")
-    schema_: dict[str, OptionSpec] = Field(default_factory=dict, alias="schema")
+    schema_: dict[Text, OptionSpec] = Field(default_factory=dict, alias="schema")
     option_style: OptionStyle = "double-dash"
     boolean: BooleanStyle = "mandatory"
     parameters: list[Parameter] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[Text, Text] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=0, ge=0, le=100)
 
@@ -127,9 +149,29 @@ class ProjectCreate(BaseModel):
     @classmethod
     def _command_words(cls, command: list[str]) -> list[str]:
         # A field validator, so that the error names ``command``, not the whole body.
-        if any(not word for word in command):
-            raise ValueError("every word must be a non-empty string")
+        if any(not word or NUL in word for word in command):
+            raise ValueError("every word must be a non-empty string without NUL characters")
         return command
+
+    @field_validator("schema_")
+    @classmethod
+    def _option_names(cls, schema: dict[str, OptionSpec]) -> dict[str, OptionSpec]:
+        for key in schema:
+            if key == "_id":
+                raise ValueError("'_id' is reserved: the experiment id is passed under it")
+            if not key or key.startswith("-") or any(c.isspace() for c in key):
+                raise ValueError(
+                    f"option name {key!r} must be non-empty, not start with '-', and hold no "
+                    "whitespace (it becomes a command-line flag)"
+                )
+        return schema
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_words(cls, parameters: list[Parameter]) -> list[Parameter]:
+        if any(NUL in p.pass_as for p in parameters):
+            raise ValueError("'pass-as' must not contain a NUL character")
+        return parameters
 
     def run_spec(self) -> RunSpec:
         return RunSpec(

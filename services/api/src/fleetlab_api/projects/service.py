@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fleetlab_common.db import Conn
-
 from fleetlab_api.errors import ConflictError, NotFoundError
 from fleetlab_api.projects import repository as repo
 from fleetlab_api.projects.schemas import Project, ProjectCreate
+from fleetlab_common.db import Conn
 
 
 async def create(conn: Conn, body: ProjectCreate) -> Project:

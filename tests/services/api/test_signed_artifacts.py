@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from fleetlab_common.artifacts import ArtifactStore, compute_signature
 from fleetlab_common.ids import uuid7
 
