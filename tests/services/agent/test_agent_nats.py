@@ -168,3 +168,49 @@ async def test_a_command_that_does_not_exist_fails_and_the_agent_goes_on(
         assert ok["status"] == "succeeded"
     finally:
         await broker.stop()
+
+
+async def test_a_stop_order_stops_the_run_and_an_early_one_prevents_it(
+    agent: Agent, events: Events
+) -> None:
+    from fleetlab_common.events import ExperimentStopOrdered
+
+    broker = make_broker(agent.settings.nats, "test-scheduler")
+    await broker.start()
+    try:
+        running = assignment(
+            agent.name,
+            [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        )
+        await publish_event(broker, running)
+        rid = str(running.experiment_id)
+        await events.wait_for(lambda s, b: s == f"agent.log.appended.{rid}")
+        await publish_event(
+            broker,
+            ExperimentStopOrdered(
+                experiment_id=running.experiment_id, agent_id=agent.name, attempt=1, reason="enough"
+            ),
+        )
+        stopped = await events.wait_for(
+            lambda s, b: b.get("type") == "agent.experiment.finished" and b["experiment_id"] == rid
+        )
+        assert (stopped["status"], stopped["reason"]) == ("stopped", "enough")
+
+        never = assignment(agent.name, [sys.executable, "-c", "print('should not run')"])
+        await publish_event(
+            broker,
+            ExperimentStopOrdered(
+                experiment_id=never.experiment_id, agent_id=agent.name, attempt=1, reason="early"
+            ),
+        )
+        async with asyncio.timeout(10):  # the stop is taken in before the assignment is sent
+            while never.experiment_id not in agent.stopped_early:
+                await asyncio.sleep(0.01)
+        await publish_event(broker, never)
+        nid = str(never.experiment_id)
+        ended = await events.wait_for(
+            lambda s, b: b.get("type") == "agent.experiment.finished" and b["experiment_id"] == nid
+        )
+        assert (ended["status"], ended["started"], ended["reason"]) == ("stopped", False, "early")
+    finally:
+        await broker.stop()

@@ -278,3 +278,58 @@ async def test_batches_are_bounded_by_bytes(tmp_path: Path) -> None:
     sizes = [sum(len(ln.line) for ln in b) for b in out.batches]
     assert max(sizes) <= 256 * 1024
     assert [ln.seq for ln in out.lines] == list(range(1, 401))
+
+
+def test_what_the_experiment_started_dies_with_the_agent_too(tmp_path: Path) -> None:
+    """A grandchild (here started by the experiment and in its process group) is killed by
+    the reaper when the agent is SIGKILLed."""
+    import time
+
+    pidfile = tmp_path / "grandchild.pid"
+    host = tmp_path / "host.py"
+    host.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, sys, uuid
+            from pathlib import Path
+            from fleetlab_agent.reaper import Reaper
+            from fleetlab_agent.runner import Run
+            from fleetlab_common.runspec import RunSpec
+
+            CHILD = (
+                "import subprocess, sys, time; "
+                "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                "open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+            )
+
+            async def main():
+                reaper = Reaper()
+                reaper.start()
+                run = Run(uuid.uuid4(), 1, RunSpec(command=[sys.executable, "-c", CHILD]), {{}},
+                          Path({str(tmp_path / "w")!r}))
+                assert await run.start() is None
+                reaper.watch(run.process.pid)
+                await asyncio.sleep(60)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    agent = subprocess.Popen([sys.executable, str(host)])
+    try:
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.02)
+        grandchild = int(pidfile.read_text())
+        assert _is_alive(grandchild)
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait()
+        deadline = time.monotonic() + 5
+        while _is_alive(grandchild):
+            assert time.monotonic() < deadline, "the experiment's child outlived the agent"
+            time.sleep(0.02)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()

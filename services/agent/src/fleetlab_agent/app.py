@@ -26,6 +26,7 @@ def create_app(settings: AgentSettings) -> AsgiFastStream:
 
     async def prepare() -> None:
         settings.work_root().mkdir(parents=True, exist_ok=True)
+        agent.reaper.start()
 
     async def started() -> None:
         await ensure_streams(broker.connection.jetstream(), settings.nats)

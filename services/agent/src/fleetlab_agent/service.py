@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 
 from faststream.nats import NatsBroker
 
 from fleetlab_agent.hardware import detect_hardware
+from fleetlab_agent.reaper import Reaper
 from fleetlab_agent.runner import LogBatcher, Run, RunResult
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import publish_event, publish_event_reliably
@@ -17,6 +19,7 @@ from fleetlab_common.events import (
     ExperimentAssigned,
     ExperimentFinished,
     ExperimentStarted,
+    ExperimentStopOrdered,
     LogLine,
     LogLinesAppended,
     utcnow,
@@ -37,8 +40,11 @@ class Agent:
         self.instance_id = uuid7()
         self.started_at = utcnow()
         self.runs: dict[uuid.UUID, Run] = {}
+        # Stops that arrived before their assignment (another stream, no order between them).
+        self.stopped_early: OrderedDict[uuid.UUID, str] = OrderedDict()
         self._watchers: set[asyncio.Task[None]] = set()
         self._beat_now = asyncio.Event()
+        self.reaper = Reaper()
 
     def heartbeat(self) -> AgentHeartbeat:
         return AgentHeartbeat(
@@ -80,6 +86,10 @@ class Agent:
             options=event.options,
             workdir=workdir,
         )
+        early = self.stopped_early.pop(event.experiment_id, None)
+        if early is not None:
+            await self._finish(run, RunResult(status="stopped", reason=early, started=False))
+            return
         failure = await run.start()
         if failure is not None:
             log.warning(
@@ -88,6 +98,7 @@ class Agent:
             await self._finish(run, RunResult(status="failed", reason=failure, started=False))
             return
         assert run.process is not None
+        self.reaper.watch(run.process.pid)
         self.runs[event.experiment_id] = run
         log.info(
             "experiment.started",
@@ -111,6 +122,23 @@ class Agent:
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
 
+    async def handle_stop_ordered(self, event: ExperimentStopOrdered) -> None:
+        """Stop a run: SIGTERM to its group, SIGKILL after the grace period. Returns at once;
+        the run's watcher reports it ``stopped`` when the process is gone."""
+        run = self.runs.get(event.experiment_id)
+        if run is None or run.attempt != event.attempt:
+            self.stopped_early[event.experiment_id] = event.reason
+            while len(self.stopped_early) > 10_000:
+                self.stopped_early.popitem(last=False)
+            return
+        log.info("experiment.stopping", experiment_id=str(event.experiment_id))
+        task = asyncio.create_task(
+            run.stop(event.reason, self.settings.agent.stop_grace_s),
+            name=f"stop-{event.experiment_id}",
+        )
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
     async def _watch(self, run: Run) -> None:
         async def publish_lines(lines: list[LogLine]) -> None:
             await publish_event_reliably(
@@ -127,6 +155,8 @@ class Agent:
             publish_lines, self.settings.agent.batch_lines, self.settings.agent.batch_delay_s
         )
         result = await run.wait(batcher, self.settings.agent.stop_grace_s)
+        if run.process is not None:
+            self.reaper.forget(run.process.pid)
         await self._finish(run, result)
         self.runs.pop(run.experiment_id, None)
         self._beat_now.set()
@@ -167,3 +197,4 @@ class Agent:
         for task in list(self._watchers):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.reaper.close()

@@ -15,6 +15,7 @@ from fleetlab_common.db.inbox import first_delivery
 from fleetlab_common.events import (
     Event,
     ExperimentAssigned,
+    ExperimentCancelled,
     ExperimentFinished,
     ExperimentLost,
     ExperimentStarted,
@@ -71,6 +72,16 @@ def register(broker: NatsBroker, state: State) -> None:
                 started_at=event.started_at,
                 finished_at=event.occurred_at,
                 log_lines=event.log_lines,
+            ),
+        )
+
+    @event_subscriber(broker, ExperimentCancelled, CONSUMER, nats)
+    async def handle_experiment_cancelled(event: ExperimentCancelled) -> None:
+        await apply(
+            event,
+            event.experiment_id,
+            lambda conn: repo.record_cancelled(
+                conn, event.experiment_id, event.attempt, event.reason, event.occurred_at
             ),
         )
 

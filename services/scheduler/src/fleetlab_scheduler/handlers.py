@@ -12,6 +12,7 @@ from fleetlab_common.events import (
     AgentHeartbeat,
     ExperimentFinished,
     ExperimentStarted,
+    ExperimentStopRequested,
     ExperimentSubmitted,
     Rpc,
 )
@@ -28,6 +29,11 @@ def register(broker: NatsBroker, state: State) -> None:
     async def handle_experiment_submitted(event: ExperimentSubmitted) -> None:
         with structlog.contextvars.bound_contextvars(experiment_id=str(event.experiment_id)):
             await get().on_submitted(event)
+
+    @event_subscriber(broker, ExperimentStopRequested, CONSUMER, nats)
+    async def handle_experiment_stop_requested(event: ExperimentStopRequested) -> None:
+        with structlog.contextvars.bound_contextvars(experiment_id=str(event.experiment_id)):
+            await get().on_stop_requested(event)
 
     @event_subscriber(broker, ExperimentStarted, CONSUMER, nats)
     async def handle_experiment_started(event: ExperimentStarted) -> None:

@@ -29,6 +29,38 @@ async def insert_experiment(conn: Conn, event: ExperimentSubmitted) -> bool:
     return bool(inserted)
 
 
+async def lock_experiment(conn: Conn, experiment_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, status, attempt, agent_id FROM experiments WHERE id = $1 FOR UPDATE",
+        experiment_id,
+    )
+    return row
+
+
+async def cancel(conn: Conn, experiment_id: uuid.UUID, reason: str) -> None:
+    """A queued experiment will never run."""
+    await conn.execute(
+        """UPDATE experiments SET status = 'done', outcome = 'stopped', reason = $2,
+               finished_at = now()
+           WHERE id = $1 AND status = 'queued'""",
+        experiment_id,
+        reason,
+    )
+
+
+async def insert_cancelled(conn: Conn, experiment_id: uuid.UUID, reason: str) -> None:
+    """A stop that overtook its submission: keep a finished row, so that the submission,
+    when it arrives, finds the id taken and is not queued."""
+    await conn.execute(
+        """INSERT INTO experiments (id, project, options, run, status, submitted_at, outcome,
+                                    reason, finished_at)
+           VALUES ($1, '', '{}', '{}', 'done', now(), 'stopped', $2, now())
+           ON CONFLICT (id) DO NOTHING""",
+        experiment_id,
+        reason,
+    )
+
+
 async def upsert_agent(conn: Conn, hb: AgentHeartbeat) -> asyncpg.Record | None:
     """Record a heartbeat; return the agent's previous row (None for a new agent)."""
     previous: asyncpg.Record | None = await conn.fetchrow(

@@ -18,9 +18,12 @@ from fleetlab_common.events import (
     AgentOnline,
     Event,
     ExperimentAssigned,
+    ExperimentCancelled,
     ExperimentFinished,
     ExperimentLost,
     ExperimentStarted,
+    ExperimentStopOrdered,
+    ExperimentStopRequested,
     ExperimentSubmitted,
 )
 from fleetlab_common.log import get_logger
@@ -52,6 +55,38 @@ class Scheduler:
             if await repo.insert_experiment(conn, event):
                 log.info("experiment.queued", experiment_id=str(event.experiment_id))
         self.wake()
+
+    async def on_stop_requested(self, event: ExperimentStopRequested) -> None:
+        """Cancel a queued experiment; order the agent running one to stop it."""
+        stop: Event | None = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await first_delivery(conn, CONSUMER, event):
+                return
+            row = await repo.lock_experiment(conn, event.experiment_id)
+            if row is None:
+                # The stop overtook its submission (two consumers of one stream).
+                await repo.insert_cancelled(conn, event.experiment_id, event.reason)
+                stop = ExperimentCancelled(
+                    experiment_id=event.experiment_id, attempt=1, reason=event.reason
+                )
+            elif row["status"] == "queued":
+                await repo.cancel(conn, event.experiment_id, event.reason)
+                stop = ExperimentCancelled(
+                    experiment_id=event.experiment_id, attempt=row["attempt"], reason=event.reason
+                )
+            elif row["status"] in ("assigned", "running"):
+                stop = ExperimentStopOrdered(
+                    experiment_id=event.experiment_id,
+                    agent_id=row["agent_id"],
+                    attempt=row["attempt"],
+                    reason=event.reason,
+                )
+            if stop is not None:
+                await enqueue(conn, stop)
+        if stop is not None:
+            log.info("experiment.stop", experiment_id=str(event.experiment_id), how=stop.type)
+            self.relay.kick()
+            self.wake()
 
     async def on_heartbeat(self, hb: AgentHeartbeat) -> None:
         events: list[Event] = []

@@ -17,9 +17,11 @@ from fleetlab_common.events.scheduler import (
     AgentOffline,
     AgentOnline,
     ExperimentAssigned,
+    ExperimentCancelled,
     ExperimentLost,
+    ExperimentStopOrdered,
 )
-from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded
+from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded, EndpointPaused
 
 __all__ = [
     "EVENTS",
@@ -31,12 +33,15 @@ __all__ = [
     "AgentOnline",
     "DeliveryFailed",
     "DeliverySucceeded",
+    "EndpointPaused",
     "Event",
     "ExperimentAssigned",
+    "ExperimentCancelled",
     "ExperimentFinished",
     "ExperimentLost",
     "ExperimentOutcome",
     "ExperimentStarted",
+    "ExperimentStopOrdered",
     "ExperimentStopRequested",
     "ExperimentSubmitted",
     "GpuInfo",

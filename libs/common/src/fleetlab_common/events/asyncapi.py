@@ -53,6 +53,8 @@ _CONSUMERS: dict[str, tuple[str, ...]] = {
     "api.experiment.stop_requested": ("scheduler",),
     "scheduler.experiment.assigned": ("agent", "api"),
     "scheduler.experiment.lost": ("api",),
+    "scheduler.experiment.stop_ordered": ("agent",),
+    "scheduler.experiment.cancelled": ("api",),
     "agent.heartbeat": ("scheduler",),
     "agent.experiment.started": ("api", "scheduler"),
     "agent.experiment.finished": ("api", "logstream", "scheduler"),

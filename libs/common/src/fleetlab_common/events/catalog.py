@@ -17,9 +17,11 @@ from fleetlab_common.events.scheduler import (
     AgentOffline,
     AgentOnline,
     ExperimentAssigned,
+    ExperimentCancelled,
     ExperimentLost,
+    ExperimentStopOrdered,
 )
-from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded
+from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded, EndpointPaused
 
 # One stream per publishing service; heartbeats stay on core NATS and so out of AGENT.
 STREAMS: dict[str, list[str]] = {
@@ -34,6 +36,8 @@ EVENTS: list[type[Event]] = [
     ExperimentStopRequested,
     ExperimentAssigned,
     ExperimentLost,
+    ExperimentStopOrdered,
+    ExperimentCancelled,
     AgentOnline,
     AgentOffline,
     AgentHeartbeat,
@@ -42,6 +46,7 @@ EVENTS: list[type[Event]] = [
     LogLinesAppended,
     DeliverySucceeded,
     DeliveryFailed,
+    EndpointPaused,
 ]
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type(): cls for cls in EVENTS}
@@ -62,3 +67,20 @@ class Rpc:
 
     LOG_LINES = "rpc.logstream.lines"
     AGENTS = "rpc.scheduler.agents"
+
+    @staticmethod
+    def webhooks(verb: str) -> str:
+        """The webhooks service answers ``rpc.webhooks.<verb>`` (see ``WEBHOOKS_VERBS``)."""
+        return f"rpc.webhooks.{verb}"
+
+    # What the webhooks service answers: endpoints and their deliveries, for the API.
+    WEBHOOKS_VERBS = (
+        "create",
+        "list",
+        "get",
+        "update",
+        "delete",
+        "deliveries",
+        "delivery",
+        "resend",
+    )

@@ -41,6 +41,31 @@ class ExperimentLost(Event):
     requeued: bool = False
 
 
+class ExperimentStopOrdered(Event):
+    """The scheduler tells the agent running an experiment to stop it.
+
+    Published on ``scheduler.experiment.stop_ordered.<agent_id>``.
+    """
+
+    STREAM: ClassVar[str | None] = "SCHEDULER"
+    ROUTE_FIELD: ClassVar[str | None] = "agent_id"
+    type: Literal["scheduler.experiment.stop_ordered"] = "scheduler.experiment.stop_ordered"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int
+    reason: str = "stopped by user"
+
+
+class ExperimentCancelled(Event):
+    """An experiment was stopped before any agent started it: it will never run."""
+
+    STREAM: ClassVar[str | None] = "SCHEDULER"
+    type: Literal["scheduler.experiment.cancelled"] = "scheduler.experiment.cancelled"
+    experiment_id: uuid.UUID
+    attempt: int
+    reason: str = "stopped by user"
+
+
 class AgentOnline(Event):
     """An agent was heard from for the first time, or again after being offline."""
 

@@ -48,3 +48,17 @@ class DeliveryFailed(Event):
     status_code: int | None = None
     error: str = ""
     final: bool = False
+
+
+class EndpointPaused(Event):
+    """An endpoint stopped receiving deliveries: it answered 410 Gone, it kept failing for
+    longer than the webhooks service allows, or a user paused it. Pending deliveries wait
+    until it is resumed."""
+
+    STREAM: ClassVar[str | None] = "WEBHOOKS"
+    type: Literal["webhooks.endpoint.paused"] = "webhooks.endpoint.paused"
+    endpoint_id: uuid.UUID
+    url: str
+    # "gone" (410), "failing" (failing for too long) or "user".
+    cause: Literal["gone", "failing", "user"]
+    reason: str = ""

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import InvalidError
@@ -46,6 +47,30 @@ async def list_experiments(
     more = len(items) > limit
     items = items[:limit]
     return ExperimentPage(items=items, next=str(items[-1].id) if more else None)
+
+
+class StopRequest(BaseModel):
+    """``POST /api/v1/experiments/{id}/stop`` (the body is optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="stopped by user", min_length=1, max_length=500)
+
+
+@router.post("/{ref}/stop", status_code=202, response_model=Experiment)
+async def stop_experiment(
+    ref: str, conn: ConnDep, state: StateDep, body: StopRequest | None = None
+) -> Experiment:
+    """Stop an experiment: a queued one never runs; a running one gets SIGTERM, then SIGKILL
+    after the agent's grace period, and ends ``stopped``. 409 when it has already ended."""
+    reason = (body or StopRequest()).reason
+    return await service.stop(conn, state.outbox(), ref, reason)
+
+
+@router.post("/{ref}/restart", status_code=201, response_model=Experiment)
+async def restart_experiment(ref: str, conn: ConnDep, state: StateDep) -> Experiment:
+    """Run an experiment again: a new experiment with the same project and options."""
+    return await service.restart(conn, state.outbox(), ref)
 
 
 @router.get("/{ref}", response_model=Experiment)

@@ -137,6 +137,19 @@ async def record_finished(
     )
 
 
+async def record_cancelled(
+    conn: Conn, experiment_id: uuid.UUID, attempt: int, reason: str, at: datetime
+) -> None:
+    await conn.execute(
+        """UPDATE experiments SET status = 'stopped', status_reason = $3, finished_at = $4
+           WHERE id = $1 AND attempt = $2 AND status = 'queued'""",
+        experiment_id,
+        attempt,
+        reason,
+        at,
+    )
+
+
 async def record_lost(
     conn: Conn,
     experiment_id: uuid.UUID,

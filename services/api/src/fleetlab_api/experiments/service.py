@@ -7,14 +7,14 @@ import uuid
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 
-from fleetlab_api.errors import ApiError, InvalidError, NotFoundError
+from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
 from fleetlab_api.experiments.schemas import TERMINAL, Experiment, ExperimentCreate
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.projects.schemas import validate_options
 from fleetlab_common.db import Conn
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
-from fleetlab_common.events import ExperimentSubmitted, LogLine, Rpc
+from fleetlab_common.events import ExperimentStopRequested, ExperimentSubmitted, LogLine, Rpc
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import get_logger
 
@@ -55,6 +55,35 @@ async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Expe
     relay.kick()
     log.info("experiment.submitted", experiment_id=str(experiment_id), project=project.name)
     return experiment
+
+
+async def stop(conn: Conn, relay: OutboxRelay, ref: str, reason: str) -> Experiment:
+    """Ask for an experiment to stop: cancelled if still queued, SIGTERM then SIGKILL if
+    running. Asking again while it stops changes nothing."""
+    experiment = await get(conn, ref)
+    if experiment.status in TERMINAL:
+        raise ConflictError(
+            f"experiment {experiment.id} has already ended ({experiment.status})",
+            {"status": experiment.status},
+        )
+    async with conn.transaction():
+        await enqueue(conn, ExperimentStopRequested(experiment_id=experiment.id, reason=reason))
+    relay.kick()
+    log.info("experiment.stop_requested", experiment_id=str(experiment.id))
+    return experiment
+
+
+async def restart(conn: Conn, relay: OutboxRelay, ref: str) -> Experiment:
+    """A new experiment with the same project, options, name, priority and tags."""
+    old = await get(conn, ref)
+    body = ExperimentCreate(
+        project=str(old.project_id),
+        options=old.options,
+        name=old.name,
+        priority=old.priority,
+        tags=old.tags,
+    )
+    return await submit(conn, relay, body)
 
 
 async def get(conn: Conn, ref: str) -> Experiment:
