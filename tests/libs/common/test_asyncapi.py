@@ -20,9 +20,11 @@ from fleetlab_common.events import (
     DeliverySucceeded,
     Event,
     ExperimentAssigned,
+    ExperimentCancelled,
     ExperimentFinished,
     ExperimentLost,
     ExperimentStarted,
+    ExperimentStopOrdered,
     ExperimentStopRequested,
     ExperimentSubmitted,
     LogLine,
@@ -61,6 +63,10 @@ def sample(cls: type[Event]) -> Event:
         ExperimentLost: ExperimentLost(
             experiment_id=EXPERIMENT, agent_id="gpu-01", attempt=1, reason="lease expired"
         ),
+        ExperimentStopOrdered: ExperimentStopOrdered(
+            experiment_id=EXPERIMENT, agent_id="gpu-01", attempt=1, reason="stopped by user"
+        ),
+        ExperimentCancelled: ExperimentCancelled(experiment_id=EXPERIMENT, attempt=1),
         AgentOnline: AgentOnline(agent_id="gpu-01", hostname="gpu-01.lab"),
         AgentOffline: AgentOffline(agent_id="gpu-01"),
         AgentHeartbeat: AgentHeartbeat(
