@@ -24,6 +24,16 @@ class Parameter(BaseModel):
     pass_as: str = Field(alias="pass-as", min_length=1)
 
 
+class Resources(BaseModel):
+    """What one experiment needs of an agent: CPU slots, GPUs, memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float = Field(default=1.0, ge=0, le=4096)
+    gpus: int = Field(default=0, ge=0, le=64)
+    memory_mb: int = Field(default=0, ge=0)
+
+
 class RunSpec(BaseModel):
     """What the agent needs to start a process. Carried in the submission and assignment events."""
 
@@ -36,6 +46,9 @@ class RunSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     timeout_s: float | None = None
     max_retries: int = 0
+    # Placement: the agent must carry every label and have the resources free.
+    labels: list[str] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
 
 
 def _plain_value(value: OptionValue) -> str:

@@ -132,36 +132,79 @@ class LogBatcher:
         return self.seq
 
 
-# A line longer than this is cut, with a marker saying how long it was: one runaway line
-# (a progress bar without newlines, a dumped array) must not make a message too big for NATS.
+# A line longer than this many bytes is cut, with a marker saying how long it was
+# (" … [line cut: <n> bytes]"): one runaway line (a progress bar without newlines, a dumped
+# array) must not make a message too big for NATS. Documented in docs/logs.md.
 MAX_LINE_BYTES = 16 * 1024
 
 
 def _decode(raw: bytes, total: int | None = None) -> str:
+    """Text of one line: undecodable bytes replaced (never fatal), the cut marked."""
     text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
     if total is not None and total > MAX_LINE_BYTES:
         text += f" … [line cut: {total} bytes]"
     return text
 
 
+class _LineBuffer:
+    """The line being read, across reads: bounded to ``MAX_LINE_BYTES`` kept bytes, and
+    restarted at every carriage return, so a progress bar redrawn with ``\r`` thousands of
+    times becomes one line holding its latest state. A ``\r`` right before the newline is a
+    Windows line end, not a redraw; one at the end of a read may be either, so it waits.
+    """
+
+    __slots__ = ("buf", "total")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.total = 0  # bytes of the current state, including what was cut away
+
+    def feed(self, part: bytes) -> None:
+        if not part:
+            return
+        if self.buf.endswith(b"\r"):
+            # The pending \r was not followed by the newline: it was a redraw.
+            self.buf, self.total = b"", 0
+        body = part[:-1] if part.endswith(b"\r") else part
+        cut = body.rfind(b"\r")
+        if cut >= 0:
+            self.buf, self.total = b"", 0
+            part = part[cut + 1 :]
+        self.total += len(part)
+        room = MAX_LINE_BYTES + 1 - len(self.buf)  # +1: a trailing \r is not content
+        if room > 0:
+            self.buf += part[:room]
+
+    def take(self) -> str:
+        total = self.total - (1 if self.buf.endswith(b"\r") else 0)
+        text = _decode(self.buf[:MAX_LINE_BYTES], total)
+        self.buf, self.total = b"", 0
+        return text
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+
 async def _pump(
     reader: asyncio.StreamReader | None, stream: Literal["stdout", "stderr"], batcher: LogBatcher
 ) -> None:
+    """Read one pipe to its end, one line per newline (see :class:`_LineBuffer`)."""
     if reader is None:
         return
-    pending = b""
-    pending_total = 0  # bytes of the current line, including what was cut away
+    line = _LineBuffer()
+    add = batcher.add
     while chunk := await reader.read(65536):
         *lines, tail = chunk.split(b"\n")
-        for line in lines:
-            pending_total += len(line)
-            pending += line[: max(0, MAX_LINE_BYTES - len(pending))]
-            batcher.add(stream, _decode(pending, pending_total))
-            pending, pending_total = b"", 0
-        pending_total += len(tail)
-        pending += tail[: max(0, MAX_LINE_BYTES - len(pending))]
-    if pending_total:
-        batcher.add(stream, _decode(pending, pending_total))
+        for part in lines:
+            if not line and len(part) <= MAX_LINE_BYTES and b"\r" not in part:
+                # The common case, kept cheap: a whole short line in one read.
+                add(stream, part.decode("utf-8", errors="replace"))
+                continue
+            line.feed(part)
+            add(stream, line.take())
+        line.feed(tail)
+    if line:
+        add(stream, line.take())
 
 
 @dataclass
@@ -173,6 +216,8 @@ class Run:
     spec: RunSpec
     options: dict[str, OptionValue]
     workdir: Path
+    # GPU indices given by the scheduler: the only ones the process sees.
+    gpus: list[int] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     started_at: datetime | None = None
@@ -198,6 +243,8 @@ class Run:
                 "FLEETLAB_INPUTS_DIR": str(self.workdir / "inputs"),
                 "FLEETLAB_OUTPUTS_DIR": str(self.workdir / "outputs"),
                 "FLEETLAB_METRICS_FILE": str(self.workdir / "metrics.jsonl"),
+                # Empty when no GPU was asked for: the run then sees none.
+                "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in self.gpus),
             }
         )
         env.update(self.spec.env)

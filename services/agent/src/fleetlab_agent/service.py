@@ -85,6 +85,7 @@ class Agent:
             spec=event.run,
             options=event.options,
             workdir=workdir,
+            gpus=event.gpus,
         )
         early = self.stopped_early.pop(event.experiment_id, None)
         if early is not None:

@@ -11,6 +11,7 @@ import asyncpg
 from fastapi import FastAPI
 
 from fleetlab_api import artifacts, errors, handlers, health, pages
+from fleetlab_api.agents.endpoints import router as agents_router
 from fleetlab_api.experiments.endpoints import router as experiments_router
 from fleetlab_api.projects.endpoints import router as projects_router
 from fleetlab_api.settings import ApiSettings
@@ -93,6 +94,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     errors.install(app)
     app.include_router(projects_router)
     app.include_router(experiments_router)
+    app.include_router(agents_router)
     app.include_router(health.router)
     app.include_router(artifacts.router)
     app.include_router(pages.router)

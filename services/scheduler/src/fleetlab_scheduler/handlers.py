@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import structlog
 from faststream.nats import NatsBroker
+from pydantic import BaseModel, Field
 
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.events import (
@@ -54,3 +56,28 @@ def register(broker: NatsBroker, state: State) -> None:
     async def handle_agents_request() -> dict[str, Any]:
         agents = await get().agents()
         return {"agents": agents, "online": sum(1 for a in agents if a["online"])}
+
+    @broker.subscriber(Rpc.WHY_WAITING, queue=CONSUMER, title=f"{Rpc.WHY_WAITING}:reply")
+    async def handle_why_request(body: WhyRequest) -> dict[str, Any]:
+        return {"reasons": await get().why(body.experiment_ids)}
+
+    @broker.subscriber(Rpc.AGENT_DRAIN, queue=CONSUMER, title=f"{Rpc.AGENT_DRAIN}:reply")
+    async def handle_drain_request(body: DrainRequest) -> dict[str, Any]:
+        return {"found": await get().drain(body.agent_id, body.draining)}
+
+    @broker.subscriber(Rpc.AGENT_REMOVE, queue=CONSUMER, title=f"{Rpc.AGENT_REMOVE}:reply")
+    async def handle_remove_request(body: RemoveRequest) -> dict[str, Any]:
+        return {"result": await get().remove(body.agent_id)}
+
+
+class WhyRequest(BaseModel):
+    experiment_ids: list[uuid.UUID] = Field(max_length=1000)
+
+
+class DrainRequest(BaseModel):
+    agent_id: str
+    draining: bool = True
+
+
+class RemoveRequest(BaseModel):
+    agent_id: str

@@ -139,19 +139,19 @@ async def mark_lost(conn: Conn, experiment_id: uuid.UUID, reason: str, requeue: 
         )
 
 
-async def free_slots(conn: Conn) -> dict[str, int]:
-    """Free slots of each online agent (locks the agent rows: one placement at a time)."""
-    await conn.execute("SELECT 1 FROM agents WHERE online ORDER BY id FOR UPDATE")
-    rows = await conn.fetch(
-        """SELECT a.id, a.slots - count(e.id) AS free
-           FROM agents a
-           LEFT JOIN experiments e
-             ON e.agent_id = a.id AND e.status IN ('assigned', 'running')
-           WHERE a.online
-           GROUP BY a.id, a.slots
-           ORDER BY a.id"""
+async def capacity_rows(
+    conn: Conn, *, lock: bool = True
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Online agents and what runs on them; ``lock`` holds the agent rows so that placement
+    happens one round at a time, even across scheduler replicas."""
+    agents: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, slots, labels, hardware, draining FROM agents WHERE online ORDER BY id"
+        + (" FOR UPDATE" if lock else "")
     )
-    return {r["id"]: int(r["free"]) for r in rows if r["free"] > 0}
+    active: list[asyncpg.Record] = await conn.fetch(
+        "SELECT agent_id, run, gpus FROM experiments WHERE status IN ('assigned', 'running')"
+    )
+    return agents, active
 
 
 async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
@@ -166,13 +166,41 @@ async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
     return rows
 
 
-async def assign(conn: Conn, experiment_id: uuid.UUID, agent_id: str) -> None:
+async def assign(conn: Conn, experiment_id: uuid.UUID, agent_id: str, gpus: list[int]) -> None:
     await conn.execute(
-        """UPDATE experiments SET status = 'assigned', agent_id = $2, assigned_at = now()
+        """UPDATE experiments SET status = 'assigned', agent_id = $2, gpus = $3,
+               assigned_at = now()
            WHERE id = $1""",
         experiment_id,
         agent_id,
+        gpus,
     )
+
+
+async def queued_runs(conn: Conn, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """The run specs of those of ``ids`` still queued."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT id, run FROM experiments WHERE id = ANY($1::uuid[]) AND status = 'queued'", ids
+    )
+    return rows
+
+
+async def set_draining(conn: Conn, agent_id: str, draining: bool) -> bool:
+    updated = await conn.fetchval(
+        "UPDATE agents SET draining = $2 WHERE id = $1 RETURNING true", agent_id, draining
+    )
+    return bool(updated)
+
+
+async def remove_agent(conn: Conn, agent_id: str) -> str:
+    """Forget an offline agent: 'removed', 'online' (refused) or 'unknown'."""
+    row = await conn.fetchrow("SELECT online FROM agents WHERE id = $1 FOR UPDATE", agent_id)
+    if row is None:
+        return "unknown"
+    if row["online"]:
+        return "online"
+    await conn.execute("DELETE FROM agents WHERE id = $1", agent_id)
+    return "removed"
 
 
 async def mark_started(
@@ -224,7 +252,7 @@ async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
     """Every known agent with its capacity in use (for ``rpc.scheduler.agents``)."""
     rows = await conn.fetch(
         """SELECT a.id, a.hostname, a.slots, a.labels, a.hardware, a.online, a.last_seen,
-                  count(e.id) AS busy
+                  a.draining, a.running, a.first_seen, count(e.id) AS busy
            FROM agents a
            LEFT JOIN experiments e
              ON e.agent_id = a.id AND e.status IN ('assigned', 'running')
@@ -239,6 +267,10 @@ async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
             "labels": list(r["labels"]),
             "hardware": r["hardware"],
             "online": r["online"],
+            "status": "online" if r["online"] else "offline",
+            "draining": r["draining"],
+            "running": [str(x) for x in r["running"]],
+            "first_seen": r["first_seen"].isoformat(),
             "last_seen": r["last_seen"].isoformat(),
         }
         for r in rows

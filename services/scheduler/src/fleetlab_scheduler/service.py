@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from fleetlab_common.events import (
 from fleetlab_common.log import get_logger
 from fleetlab_common.runspec import RunSpec
 from fleetlab_scheduler import repository as repo
+from fleetlab_scheduler.placement import capacity_from_rows, place, why_waiting
 from fleetlab_scheduler.settings import SchedulerSettings
 
 log = get_logger(__name__)
@@ -179,37 +181,61 @@ class Scheduler:
             await asyncio.sleep(self.settings.reap_interval_s)
 
     async def place_once(self) -> int:
-        """Assign queued experiments to agents with free slots; return how many were placed."""
+        """Assign queued experiments to agents that fit them; return how many were placed."""
         async with self._lock, self.pool.acquire() as conn, conn.transaction():
-            free = await repo.free_slots(conn)
-            total = sum(free.values())
-            if total == 0:
+            agents = capacity_from_rows(*await repo.capacity_rows(conn))
+            if not any(a.slots_free > 0 and not a.draining for a in agents):
                 return 0
             events: list[Event] = []
-            for row in await repo.next_queued(conn, total):
-                # The agent with the most free slots takes it (spreads load across machines).
-                agent_id = max(sorted(free), key=lambda a: free[a])
-                free[agent_id] -= 1
-                if free[agent_id] == 0:
-                    del free[agent_id]
-                await repo.assign(conn, row["id"], agent_id)
+            for row in await repo.next_queued(conn, self.settings.placement_batch):
+                run = RunSpec.model_validate(row["run"])
+                chosen = place(agents, frozenset(run.labels), run.resources)
+                if chosen is None:
+                    if not any(
+                        a.slots_free > 0 and not a.draining and not a.reserved for a in agents
+                    ):
+                        break
+                    continue
+                agent, gpus = chosen
+                await repo.assign(conn, row["id"], agent.id, gpus)
                 events.append(
                     ExperimentAssigned(
                         experiment_id=row["id"],
-                        agent_id=agent_id,
+                        agent_id=agent.id,
                         attempt=row["attempt"],
                         project=row["project"],
                         options=row["options"],
-                        run=RunSpec.model_validate(row["run"]),
+                        run=run,
+                        gpus=gpus,
                     )
                 )
-                log.info("experiment.assigned", experiment_id=str(row["id"]), agent_id=agent_id)
-                if not free:
-                    break
+                log.info("experiment.assigned", experiment_id=str(row["id"]), agent_id=agent.id)
             await enqueue(conn, *events)
         if events:
             self.relay.kick()
         return len(events)
+
+    async def why(self, ids: list[uuid.UUID]) -> dict[str, str]:
+        """Why each of ``ids`` that is still queued is waiting."""
+        async with self.pool.acquire() as conn:
+            agents = capacity_from_rows(*await repo.capacity_rows(conn, lock=False))
+            rows = await repo.queued_runs(conn, ids)
+        reasons = {}
+        for row in rows:
+            run = RunSpec.model_validate(row["run"])
+            reasons[str(row["id"])] = why_waiting(agents, frozenset(run.labels), run.resources)
+        return reasons
+
+    async def drain(self, agent_id: str, draining: bool) -> bool:
+        async with self.pool.acquire() as conn:
+            found = await repo.set_draining(conn, agent_id, draining)
+        if found and not draining:
+            self.wake()
+        return found
+
+    async def remove(self, agent_id: str) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await repo.remove_agent(conn, agent_id)
 
     async def placement_loop(self) -> None:
         """Place whenever woken (submission, heartbeat, finish), and every second regardless."""

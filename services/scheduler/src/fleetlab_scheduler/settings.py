@@ -15,3 +15,5 @@ class SchedulerSettings(CommonSettings):
     lease_s: float = Field(default=15.0, gt=0)
     # How often expired leases are looked for.
     reap_interval_s: float = Field(default=0.5, gt=0)
+    # How many queued experiments one placement round looks at.
+    placement_batch: int = Field(default=2000, ge=1)

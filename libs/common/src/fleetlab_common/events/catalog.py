@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from fleetlab_common.events.agent import (
     AgentHeartbeat,
+    AgentLogAppended,
     ExperimentFinished,
     ExperimentStarted,
     LogLinesAppended,
+    MetricsReported,
 )
 from fleetlab_common.events.api import ExperimentStopRequested, ExperimentSubmitted
 from fleetlab_common.events.base import Event
@@ -27,7 +29,7 @@ from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded, E
 STREAMS: dict[str, list[str]] = {
     "API": ["api.>"],
     "SCHEDULER": ["scheduler.>"],
-    "AGENT": ["agent.experiment.>", "agent.log.>"],
+    "AGENT": ["agent.experiment.>", "agent.log.>", "agent.agentlog.>", "agent.metrics.>"],
     "WEBHOOKS": ["webhooks.>"],
 }
 
@@ -47,6 +49,8 @@ EVENTS: list[type[Event]] = [
     DeliverySucceeded,
     DeliveryFailed,
     EndpointPaused,
+    AgentLogAppended,
+    MetricsReported,
 ]
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type(): cls for cls in EVENTS}
@@ -67,6 +71,12 @@ class Rpc:
 
     LOG_LINES = "rpc.logstream.lines"
     AGENTS = "rpc.scheduler.agents"
+    AGENT_DRAIN = "rpc.scheduler.agents.drain"
+    AGENT_REMOVE = "rpc.scheduler.agents.remove"
+    WHY_WAITING = "rpc.scheduler.why"
+    AGENT_LOG = "rpc.logstream.agentlog"
+    METRICS = "rpc.logstream.metrics"
+    METRICS_INGEST = "rpc.logstream.metrics.ingest"
 
     @staticmethod
     def webhooks(verb: str) -> str:

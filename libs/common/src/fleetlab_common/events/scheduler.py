@@ -26,6 +26,8 @@ class ExperimentAssigned(Event):
     project: str
     options: dict[str, Any] = Field(default_factory=dict)
     run: RunSpec
+    # The GPU indices on the agent given to this experiment (CUDA_VISIBLE_DEVICES).
+    gpus: list[int] = Field(default_factory=list)
 
 
 class ExperimentLost(Event):

@@ -28,6 +28,7 @@ async def submit_experiment(body: ExperimentCreate, conn: ConnDep, state: StateD
 @router.get("", response_model=ExperimentPage)
 async def list_experiments(
     conn: ConnDep,
+    state: StateDep,
     project: str | None = None,
     status: Status | None = None,
     cursor: str | None = None,
@@ -46,7 +47,9 @@ async def list_experiments(
     )
     more = len(items) > limit
     items = items[:limit]
-    return ExperimentPage(items=items, next=str(items[-1].id) if more else None)
+    next_cursor = str(items[-1].id) if more else None
+    items = await service.explain_waiting(state.broker, items, state.settings.rpc_timeout_s)
+    return ExperimentPage(items=items, next=next_cursor)
 
 
 class StopRequest(BaseModel):
@@ -74,9 +77,11 @@ async def restart_experiment(ref: str, conn: ConnDep, state: StateDep) -> Experi
 
 
 @router.get("/{ref}", response_model=Experiment)
-async def get_experiment(ref: str, conn: ConnDep) -> Experiment:
-    """One experiment."""
-    return await service.get(conn, ref)
+async def get_experiment(ref: str, conn: ConnDep, state: StateDep) -> Experiment:
+    """One experiment. A queued one says why it is waiting in ``status_reason``."""
+    experiment = await service.get(conn, ref)
+    timeout = state.settings.rpc_timeout_s
+    return (await service.explain_waiting(state.broker, [experiment], timeout))[0]
 
 
 @router.get("/{ref}/logs", response_class=PlainTextResponse)

@@ -86,6 +86,36 @@ async def restart(conn: Conn, relay: OutboxRelay, ref: str) -> Experiment:
     return await submit(conn, relay, body)
 
 
+async def explain_waiting(
+    broker: NatsBroker, experiments: list[Experiment], timeout_s: float
+) -> list[Experiment]:
+    """Add the scheduler's reason to each queued experiment's ``status_reason``.
+
+    Best effort: when the scheduler does not answer, the records go out as they are.
+    """
+    queued = [e for e in experiments if e.status == "queued"]
+    if not queued:
+        return experiments
+    try:
+        reply = await broker.request(
+            {"experiment_ids": [str(e.id) for e in queued]},
+            Rpc.WHY_WAITING,
+            timeout=min(timeout_s, 1.0),
+        )
+        answer = await reply.decode()
+        reasons = answer.get("reasons", {}) if isinstance(answer, dict) else {}
+    except Exception:  # the scheduler is away: no reason is better than no record
+        return experiments
+    def explained(e: Experiment) -> Experiment:
+        why = reasons.get(str(e.id))
+        if not why:
+            return e
+        reason = f"{e.status_reason}; {why}" if e.status_reason else why
+        return e.model_copy(update={"status_reason": reason})
+
+    return [explained(e) for e in experiments]
+
+
 async def get(conn: Conn, ref: str) -> Experiment:
     try:
         experiment_id = uuid.UUID(ref)

@@ -18,10 +18,18 @@ from pydantic import (
     model_validator,
 )
 
-from fleetlab_common.runspec import BooleanStyle, OptionStyle, OptionValue, Parameter, RunSpec
+from fleetlab_common.runspec import (
+    BooleanStyle,
+    OptionStyle,
+    OptionValue,
+    Parameter,
+    Resources,
+    RunSpec,
+)
 
 OptionType = Literal["int", "float", "bool", "string", "enum"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 NUL = "\x00"
 
 
@@ -130,20 +138,32 @@ def validate_options(
     return options, errors
 
 
-class ProjectCreate(BaseModel):
-    """``POST /api/v1/projects``."""
+class RunFields(BaseModel):
+    """A project's run spec, as JSON fields (the contract): how and where it runs."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    name: str = Field(pattern=NAME_PATTERN, description="Unique; usable wherever an id is.")
     command: list[str] = Field(min_length=1, description="argv, run without a shell")
-    schema_: dict[Text, OptionSpec] = Field(default_factory=dict, alias="schema")
     option_style: OptionStyle = "double-dash"
     boolean: BooleanStyle = "mandatory"
     parameters: list[Parameter] = Field(default_factory=list)
     env: dict[Text, Text] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=0, ge=0, le=100)
+    labels: list[Annotated[str, Field(pattern=LABEL_PATTERN)]] = Field(
+        default_factory=list, max_length=32, description="every one must be on the agent"
+    )
+    resources: Resources = Field(default_factory=Resources)
+
+    def run_spec(self) -> RunSpec:
+        return RunSpec.model_validate(self.model_dump(include=set(RunSpec.model_fields)))
+
+
+class ProjectCreate(RunFields):
+    """``POST /api/v1/projects``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="Unique; usable wherever an id is.")
+    schema_: dict[Text, OptionSpec] = Field(default_factory=dict, alias="schema")
 
     @field_validator("command")
     @classmethod
@@ -173,19 +193,8 @@ class ProjectCreate(BaseModel):
             raise ValueError("'pass-as' must not contain a NUL character")
         return parameters
 
-    def run_spec(self) -> RunSpec:
-        return RunSpec(
-            command=self.command,
-            option_style=self.option_style,
-            boolean=self.boolean,
-            parameters=self.parameters,
-            env=self.env,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-        )
 
-
-class Project(BaseModel):
+class Project(RunFields):
     """A project as the API returns it."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -193,23 +202,5 @@ class Project(BaseModel):
     id: uuid.UUID
     name: str
     schema_: dict[str, OptionSpec] = Field(alias="schema", serialization_alias="schema")
-    command: list[str]
-    option_style: OptionStyle
-    boolean: BooleanStyle
-    parameters: list[Parameter]
-    env: dict[str, str]
-    timeout_s: float | None
-    max_retries: int
     created_at: datetime
     updated_at: datetime
-
-    def run_spec(self) -> RunSpec:
-        return RunSpec(
-            command=self.command,
-            option_style=self.option_style,
-            boolean=self.boolean,
-            parameters=self.parameters,
-            env=self.env,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-        )

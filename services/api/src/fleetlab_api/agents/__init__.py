@@ -1,0 +1,1 @@
+"""Agents, as the scheduler's registry knows them (MLBench's worker list)."""

@@ -1,0 +1,144 @@
+"""Where an experiment can run: pure logic over agents' capacity, no I/O.
+
+Policy (documented in docs/architecture.md): experiments are taken by priority, then in
+submission order. Each goes to the fitting agent (every label present; CPU slots, GPUs and
+memory free) with the most free slots, which spreads load across machines. An experiment that
+fits no agent's *free* capacity but would fit an agent's *total* capacity reserves that agent
+for this round: nothing later in the queue is placed there, so a stream of small experiments
+cannot starve a large one. Smaller experiments still backfill the other agents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetlab_common.runspec import Resources
+
+
+@dataclass
+class AgentCapacity:
+    """One online agent: its totals and what is free now."""
+
+    id: str
+    labels: frozenset[str]
+    slots: float
+    gpu_ids: list[int]
+    memory_mb: int
+    draining: bool = False
+    slots_used: float = 0.0
+    gpus_used: set[int] = field(default_factory=set)
+    memory_used: int = 0
+    reserved: bool = False
+
+    @property
+    def slots_free(self) -> float:
+        return self.slots - self.slots_used
+
+    def gpus_free(self) -> list[int]:
+        return [g for g in self.gpu_ids if g not in self.gpus_used]
+
+    def fits_total(self, labels: frozenset[str], res: Resources) -> bool:
+        return (
+            labels <= self.labels
+            and res.cpus <= self.slots
+            and res.gpus <= len(self.gpu_ids)
+            and (res.memory_mb == 0 or self.memory_mb == 0 or res.memory_mb <= self.memory_mb)
+        )
+
+    def fits_now(self, labels: frozenset[str], res: Resources) -> bool:
+        return (
+            not self.draining
+            and not self.reserved
+            and labels <= self.labels
+            and res.cpus <= self.slots_free + 1e-9
+            and res.gpus <= len(self.gpus_free())
+            and (
+                res.memory_mb == 0
+                or self.memory_mb == 0
+                or res.memory_mb <= self.memory_mb - self.memory_used
+            )
+        )
+
+    def take(self, res: Resources) -> list[int]:
+        """Reserve ``res`` here; return the GPU indices given."""
+        gpus = self.gpus_free()[: res.gpus]
+        self.slots_used += res.cpus
+        self.gpus_used.update(gpus)
+        self.memory_used += res.memory_mb
+        return gpus
+
+
+def place(
+    agents: list[AgentCapacity], labels: frozenset[str], res: Resources
+) -> tuple[AgentCapacity, list[int]] | None:
+    """The agent that takes an experiment now (and its GPUs), or None; may reserve an agent."""
+    best: AgentCapacity | None = None
+    for agent in agents:
+        if agent.fits_now(labels, res) and (best is None or agent.slots_free > best.slots_free):
+            best = agent
+    if best is not None:
+        return best, best.take(res)
+    # Fits nowhere now: hold back the biggest agent it fits on, so it goes first there.
+    candidates = [a for a in agents if not a.draining and a.fits_total(labels, res)]
+    if candidates:
+        for agent in sorted(candidates, key=lambda a: (-a.slots, a.id)):
+            if not agent.reserved:
+                agent.reserved = True
+                break
+    return None
+
+
+def why_waiting(agents: list[AgentCapacity], labels: frozenset[str], res: Resources) -> str:
+    """A readable reason an experiment is still queued."""
+    need = _describe(labels, res)
+    if not agents:
+        return "no agent online"
+    usable = [a for a in agents if not a.draining]
+    if not usable:
+        return f"no agent takes work: {len(agents)} online, all draining"
+    labelled = [a for a in usable if labels <= a.labels]
+    if not labelled:
+        return f"no online agent has the labels {', '.join(sorted(labels))}"
+    big_enough = [a for a in labelled if a.fits_total(labels, res)]
+    if not big_enough:
+        return f"no online agent is big enough for {need}"
+    return (
+        f"waiting for {need}: {len(big_enough)} agent{'s' if len(big_enough) != 1 else ''} "
+        "could run it, all busy"
+    )
+
+
+def _describe(labels: frozenset[str], res: Resources) -> str:
+    parts = [f"{res.cpus:g} CPU slot{'s' if res.cpus != 1 else ''}"]
+    if res.gpus:
+        parts.append(f"{res.gpus} GPU{'s' if res.gpus != 1 else ''}")
+    if res.memory_mb:
+        parts.append(f"{res.memory_mb} MB of memory")
+    if labels:
+        parts.append("labels " + ", ".join(sorted(labels)))
+    return " + ".join(parts)
+
+
+def capacity_from_rows(agents: list[Any], active: list[Any]) -> list[AgentCapacity]:
+    """Agents (online rows) with what their assigned and running experiments use."""
+    by_id: dict[str, AgentCapacity] = {}
+    for row in agents:
+        hardware = row["hardware"] or {}
+        by_id[row["id"]] = AgentCapacity(
+            id=row["id"],
+            labels=frozenset(row["labels"]),
+            slots=float(row["slots"]),
+            gpu_ids=[int(g["index"]) for g in hardware.get("gpus", [])],
+            memory_mb=int(hardware.get("memory_mb", 0)),
+            draining=bool(row["draining"]),
+        )
+    for row in active:
+        agent = by_id.get(row["agent_id"])
+        if agent is None:
+            continue
+        res = Resources.model_validate((row["run"] or {}).get("resources", {}))
+        agent.slots_used += res.cpus
+        agent.gpus_used.update(row["gpus"] or [])
+        agent.memory_used += res.memory_mb
+    return list(by_id.values())
