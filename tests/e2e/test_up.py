@@ -127,7 +127,7 @@ def train_py(tmp_path_factory: pytest.TempPathFactory) -> Path:
             mode = os.environ.get("MODE", "")
             if mode == "fail":
                 sys.exit(3)
-            if mode == "sleep":
+            if mode == "sleep" or (mode == "sleep-first" and os.environ["FLEETLAB_ATTEMPT"] == "1"):
                 print(f"pid {os.getpid()}", flush=True)
                 time.sleep(120)
             """
@@ -310,6 +310,108 @@ def test_a_lost_agent_turns_its_experiment_lost_and_its_process_dies(
     assert record["status"] == "lost"
     assert record["status_reason"]
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 10, "the experiment's process to die")
+
+
+def wait_status(
+    client: httpx.Client, experiment_id: str, status: str, timeout: float = 30
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        body: dict[str, Any] = client.get(f"/api/v1/experiments/{experiment_id}").json()
+        return body if body["status"] == status else None
+
+    return wait_until(reached, timeout, f"experiment {experiment_id} to be {status}")  # type: ignore[no-any-return]
+
+
+def test_stop_a_running_and_a_queued_experiment(client: httpx.Client, train_py: Path) -> None:
+    create_project(client, "stoppable", ["python3", str(train_py)], env={"MODE": "sleep"})
+    running = submit(client, "stoppable")
+    wait_status(client, running["id"], "running")
+    r = client.post(f"/api/v1/experiments/{running['id']}/stop", json={"reason": "enough"})
+    assert r.status_code == 202
+    record = wait_terminal(client, running["id"])
+    assert (record["status"], record["status_reason"]) == ("stopped", "enough")
+    assert client.post(f"/api/v1/experiments/{running['id']}/stop").status_code == 409
+
+    create_project(client, "too-big", ["true"], resources={"cpus": 64})
+    queued = submit(client, "too-big")
+    record = client.get(f"/api/v1/experiments/{queued['id']}").json()
+    assert record["status"] == "queued"
+    assert record["status_reason"] == "no online agent is big enough for 64 CPU slots"
+    assert client.post(f"/api/v1/experiments/{queued['id']}/stop").status_code == 202
+    record = wait_terminal(client, queued["id"])
+    assert record["status"] == "stopped" and record["started_at"] is None
+
+    again = client.post(f"/api/v1/experiments/{running['id']}/restart")
+    assert again.status_code == 201
+    assert again.json()["id"] != running["id"] and again.json()["options"] == running["options"]
+    client.post(f"/api/v1/experiments/{again.json()['id']}/stop")
+    wait_terminal(client, again.json()["id"])
+
+
+def test_agents_are_listed_and_a_drained_agent_takes_no_work(client: httpx.Client) -> None:
+    agents = client.get("/api/v1/agents").json()
+    mine = next(a for a in agents if a["id"] == "e2e-agent")
+    assert mine["status"] == "online" and mine["slots"] == 2
+    assert mine["hardware"]["cpu_count"] >= 1
+    assert client.get("/api/v1/agents/no-such-agent").status_code == 404
+
+    assert client.post("/api/v1/agents/e2e-agent/drain").json()["draining"] is True
+    try:
+        waiting = submit(client, "hello")
+        record = client.get(f"/api/v1/experiments/{waiting['id']}").json()
+        assert record["status"] == "queued"
+        assert "draining" in record["status_reason"]
+        assert client.delete("/api/v1/agents/e2e-agent").status_code == 409
+    finally:
+        client.post("/api/v1/agents/e2e-agent/drain", json={"draining": False})
+    assert wait_terminal(client, waiting["id"])["status"] == "succeeded"
+
+
+def test_a_killed_agent_s_experiment_runs_again_elsewhere(
+    stack: Stack, client: httpx.Client, train_py: Path
+) -> None:
+    env = {**os.environ, "FLEETLAB_HOME": str(stack.home), "FLEETLAB_AGENT__HEARTBEAT_S": "0.5"}
+    second = subprocess.Popen(
+        [
+            FLEETLAB,
+            "agent",
+            "--nats",
+            stack.info()["nats_url"],
+            "--name",
+            "e2e-second",
+            "--slots",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: any(
+                a["id"] == "e2e-second" and a["online"] for a in client.get("/api/v1/agents").json()
+            ),
+            30,
+            "the second agent to be online",
+        )
+        create_project(
+            client,
+            "retried",
+            ["python3", str(train_py)],
+            env={"MODE": "sleep-first"},
+            max_retries=1,
+        )
+        experiment = submit(client, "retried")
+        first = wait_status(client, experiment["id"], "running")
+        holder = first["agent_id"]
+        pid = second.pid if holder == "e2e-second" else stack.info()["pids"]["agent"]
+        os.kill(pid, signal.SIGKILL)
+        record = wait_terminal(client, experiment["id"], timeout=60)
+        assert record["status"] == "succeeded", record
+        assert record["attempt"] == 2
+    finally:
+        second.terminate()
+        second.wait(15)
 
 
 def test_sigterm_stops_everything_and_data_survives_a_restart(

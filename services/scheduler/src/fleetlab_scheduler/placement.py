@@ -10,6 +10,7 @@ cannot starve a large one. Smaller experiments still backfill the other agents.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,24 +70,51 @@ class AgentCapacity:
         return gpus
 
 
+class Fleet:
+    """The online agents of one placement round, kept ordered by free slots (most first), so
+    that choosing an agent is a short scan that stops at the first fit, not a pass over all.
+    """
+
+    def __init__(self, agents: list[AgentCapacity]) -> None:
+        self.agents = agents
+        self._order = sorted(agents, key=_most_free)
+
+    def any_free(self) -> bool:
+        """Whether any agent could still take something this round."""
+        return any(a.slots_free > 0 and not a.draining and not a.reserved for a in self.agents)
+
+    def place(
+        self, labels: frozenset[str], res: Resources
+    ) -> tuple[AgentCapacity, list[int]] | None:
+        """The agent that takes an experiment now (and its GPUs), or None; may reserve one."""
+        for index, agent in enumerate(self._order):
+            if agent.slots_free + 1e-9 < res.cpus:
+                break  # ordered by free slots: no agent further on has enough
+            if agent.fits_now(labels, res):
+                gpus = agent.take(res)
+                del self._order[index]
+                bisect.insort(self._order, agent, key=_most_free)
+                return agent, gpus
+        # Fits nowhere now: hold back the biggest agent it fits on, so it goes first there.
+        candidates = [
+            a
+            for a in self.agents
+            if not a.draining and not a.reserved and a.fits_total(labels, res)
+        ]
+        if candidates:
+            max(candidates, key=lambda a: (a.slots, a.id)).reserved = True
+        return None
+
+
+def _most_free(agent: AgentCapacity) -> tuple[float, str]:
+    return (-agent.slots_free, agent.id)
+
+
 def place(
     agents: list[AgentCapacity], labels: frozenset[str], res: Resources
 ) -> tuple[AgentCapacity, list[int]] | None:
-    """The agent that takes an experiment now (and its GPUs), or None; may reserve an agent."""
-    best: AgentCapacity | None = None
-    for agent in agents:
-        if agent.fits_now(labels, res) and (best is None or agent.slots_free > best.slots_free):
-            best = agent
-    if best is not None:
-        return best, best.take(res)
-    # Fits nowhere now: hold back the biggest agent it fits on, so it goes first there.
-    candidates = [a for a in agents if not a.draining and a.fits_total(labels, res)]
-    if candidates:
-        for agent in sorted(candidates, key=lambda a: (-a.slots, a.id)):
-            if not agent.reserved:
-                agent.reserved = True
-                break
-    return None
+    """One placement over ``agents`` (see :class:`Fleet`, which a placement round keeps)."""
+    return Fleet(agents).place(labels, res)
 
 
 def why_waiting(agents: list[AgentCapacity], labels: frozenset[str], res: Resources) -> str:

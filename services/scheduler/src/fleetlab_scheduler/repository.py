@@ -166,14 +166,15 @@ async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
     return rows
 
 
-async def assign(conn: Conn, experiment_id: uuid.UUID, agent_id: str, gpus: list[int]) -> None:
-    await conn.execute(
+async def assign_many(conn: Conn, assignments: list[tuple[uuid.UUID, str, list[int]]]) -> None:
+    """queued → assigned for each (experiment, agent, GPU indices), in one round trip."""
+    if not assignments:
+        return
+    await conn.executemany(
         """UPDATE experiments SET status = 'assigned', agent_id = $2, gpus = $3,
                assigned_at = now()
            WHERE id = $1""",
-        experiment_id,
-        agent_id,
-        gpus,
+        assignments,
     )
 
 

@@ -30,7 +30,7 @@ from fleetlab_common.events import (
 from fleetlab_common.log import get_logger
 from fleetlab_common.runspec import RunSpec
 from fleetlab_scheduler import repository as repo
-from fleetlab_scheduler.placement import capacity_from_rows, place, why_waiting
+from fleetlab_scheduler.placement import Fleet, capacity_from_rows, why_waiting
 from fleetlab_scheduler.settings import SchedulerSettings
 
 log = get_logger(__name__)
@@ -183,22 +183,19 @@ class Scheduler:
     async def place_once(self) -> int:
         """Assign queued experiments to agents that fit them; return how many were placed."""
         async with self._lock, self.pool.acquire() as conn, conn.transaction():
-            agents = capacity_from_rows(*await repo.capacity_rows(conn))
-            if not any(a.slots_free > 0 and not a.draining for a in agents):
+            fleet = Fleet(capacity_from_rows(*await repo.capacity_rows(conn)))
+            if not fleet.any_free():
                 return 0
-            events: list[Event] = []
+            assigned: list[ExperimentAssigned] = []
             for row in await repo.next_queued(conn, self.settings.placement_batch):
                 run = RunSpec.model_validate(row["run"])
-                chosen = place(agents, frozenset(run.labels), run.resources)
+                chosen = fleet.place(frozenset(run.labels), run.resources)
                 if chosen is None:
-                    if not any(
-                        a.slots_free > 0 and not a.draining and not a.reserved for a in agents
-                    ):
+                    if not fleet.any_free():
                         break
                     continue
                 agent, gpus = chosen
-                await repo.assign(conn, row["id"], agent.id, gpus)
-                events.append(
+                assigned.append(
                     ExperimentAssigned(
                         experiment_id=row["id"],
                         agent_id=agent.id,
@@ -209,11 +206,13 @@ class Scheduler:
                         gpus=gpus,
                     )
                 )
-                log.info("experiment.assigned", experiment_id=str(row["id"]), agent_id=agent.id)
-            await enqueue(conn, *events)
-        if events:
+            await repo.assign_many(conn, [(e.experiment_id, e.agent_id, e.gpus) for e in assigned])
+            await enqueue(conn, *assigned)
+        for e in assigned:
+            log.info("experiment.assigned", experiment_id=str(e.experiment_id), agent_id=e.agent_id)
+        if assigned:
             self.relay.kick()
-        return len(events)
+        return len(assigned)
 
     async def why(self, ids: list[uuid.UUID]) -> dict[str, str]:
         """Why each of ``ids`` that is still queued is waiting."""
