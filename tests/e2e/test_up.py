@@ -125,6 +125,10 @@ def train_py(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 print(f"epoch {epoch} loss {1 / (epoch + 1):.3f}")
             print("a warning on stderr", file=sys.stderr)
             mode = os.environ.get("MODE", "")
+            if mode == "count":
+                for i in range(300):
+                    print(f"line {i}", flush=True)
+                    time.sleep(0.01)
             if mode == "fail":
                 sys.exit(3)
             if mode == "sleep" or (mode == "sleep-first" and os.environ["FLEETLAB_ATTEMPT"] == "1"):
@@ -334,7 +338,13 @@ def test_stop_a_running_and_a_queued_experiment(client: httpx.Client, train_py: 
 
     create_project(client, "too-big", ["true"], resources={"cpus": 64})
     queued = submit(client, "too-big")
-    record = client.get(f"/api/v1/experiments/{queued['id']}").json()
+    record = wait_until(
+        lambda: (
+            (r := client.get(f"/api/v1/experiments/{queued['id']}").json())["status_reason"] and r
+        ),
+        15,
+        "the scheduler to say why it waits",
+    )
     assert record["status"] == "queued"
     assert record["status_reason"] == "no online agent is big enough for 64 CPU slots"
     assert client.post(f"/api/v1/experiments/{queued['id']}/stop").status_code == 202
@@ -358,7 +368,14 @@ def test_agents_are_listed_and_a_drained_agent_takes_no_work(client: httpx.Clien
     assert client.post("/api/v1/agents/e2e-agent/drain").json()["draining"] is True
     try:
         waiting = submit(client, "hello")
-        record = client.get(f"/api/v1/experiments/{waiting['id']}").json()
+        record = wait_until(
+            lambda: (
+                (r := client.get(f"/api/v1/experiments/{waiting['id']}").json())["status_reason"]
+                and r
+            ),
+            15,
+            "the scheduler to say why it waits",
+        )
         assert record["status"] == "queued"
         assert "draining" in record["status_reason"]
         assert client.delete("/api/v1/agents/e2e-agent").status_code == 409
@@ -412,6 +429,66 @@ def test_a_killed_agent_s_experiment_runs_again_elsewhere(
     finally:
         second.terminate()
         second.wait(15)
+
+
+def test_nats_restarted_mid_run_the_run_ends_and_its_log_is_complete(
+    stack: Stack, client: httpx.Client, train_py: Path
+) -> None:
+    create_project(client, "chatty", ["python3", str(train_py)], env={"MODE": "count"})
+    experiment = submit(client, "chatty")
+    wait_status(client, experiment["id"], "running")
+    old = stack.info()["pids"]["nats"]
+    os.kill(old, signal.SIGKILL)
+    wait_until(lambda: stack.info()["pids"]["nats"] != old, 15, "nats-server to be restarted")
+    record = wait_terminal(client, experiment["id"], timeout=60)
+    assert record["status"] == "succeeded", record
+
+    def counted() -> list[str]:
+        text = client.get(f"/api/v1/experiments/{experiment['id']}/logs").text
+        return [ln for ln in text.splitlines() if ln.startswith("line ")]
+
+    # Consumers resume on their own after the restart; nothing may be missing once they have.
+    wait_until(lambda: len(counted()) >= 300, 30, "the whole log to be stored")
+    assert counted() == [f"line {i}" for i in range(300)]
+
+
+def test_a_restarted_scheduler_loses_nothing_and_runs_nothing_twice(
+    stack: Stack, client: httpx.Client
+) -> None:
+    create_project(client, "many", ["true"])
+    starts: dict[str, int] = {}
+
+    async def run() -> list[str]:
+        nc = await nats.connect(stack.info()["nats_url"])
+
+        async def on_start(msg: Any) -> None:
+            eid = json.loads(msg.data)["experiment_id"]
+            starts[eid] = starts.get(eid, 0) + 1
+
+        await nc.subscribe("agent.experiment.started", cb=on_start)
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as ac:
+            ids = []
+            for i in range(200):
+                r = await ac.post("/api/v1/experiments", json={"project": "many"})
+                ids.append(r.json()["id"])
+                if i == 60:
+                    os.kill(stack.info()["pids"]["scheduler"], signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            page = client.get("/api/v1/experiments", params={"project": "many", "limit": 1000})
+            items = page.json()["items"]
+            if all(e["status"] in TERMINAL for e in items):
+                break
+            await asyncio.sleep(0.2)
+        await nc.flush()
+        await nc.close()
+        return ids
+
+    ids = asyncio.run(run())
+    records = client.get("/api/v1/experiments", params={"project": "many", "limit": 1000}).json()
+    assert sorted(e["id"] for e in records["items"]) == sorted(ids)
+    assert {e["status"] for e in records["items"]} == {"succeeded"}
+    assert all(starts.get(eid) == 1 for eid in ids), {k: v for k, v in starts.items() if v != 1}
 
 
 def test_sigterm_stops_everything_and_data_survives_a_restart(

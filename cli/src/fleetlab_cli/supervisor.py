@@ -219,6 +219,10 @@ class Stack:
         else:
             env.setdefault("FLEETLAB_ARTIFACTS__BACKEND", "s3")
         env.setdefault("FLEETLAB_SECRET_KEY", self.secret())
+        if name == "webhooks":
+            # Local tools are the usual receivers on one machine; link-local and metadata
+            # addresses stay refused unless FLEETLAB_WEBHOOKS__ALLOW_HOSTS names them.
+            env.setdefault("FLEETLAB_WEBHOOKS__ALLOW_LOOPBACK", "true")
         if name == "agent":
             # The agent holds the NATS credential only.
             for key in list(env):
@@ -310,10 +314,14 @@ class Stack:
     # -- supervision ----------------------------------------------------------------------
 
     def supervise_once(self) -> None:
-        """Restart what died unasked, with backoff (reset after a minute of good health)."""
+        """Restart what died unasked, with backoff (reset after a minute of good health).
+
+        The embedded servers too: NATS comes back on the same port with the same store, and
+        PostgreSQL on the same data; the services reconnect by themselves.
+        """
         now = time.monotonic()
         changed = False
-        for child in self.children.values():
+        for child in [*self.infra.values(), *self.children.values()]:
             if child.restart_at is not None:
                 if now >= child.restart_at:
                     child.start()
@@ -335,10 +343,6 @@ class Stack:
                 log=str(child.log_path),
             )
             child.backoff = min(child.backoff * 2, 30)
-        for child in self.infra.values():
-            code = child.poll()
-            if code is not None:
-                raise UpError(f"{child.name} exited with {code}; see {child.log_path}")
         if changed:
             self.write_stack_file()
 
