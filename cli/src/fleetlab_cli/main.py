@@ -50,6 +50,9 @@ def agent(
         str | None, typer.Option(help="Comma-separated labels, e.g. gpu,a100.")
     ] = None,
     slots: Annotated[int | None, typer.Option(help="Experiments run at once.")] = None,
+    projects: Annotated[
+        Path | None, typer.Option(help="FGMachine projects.json: projects run with local commands.")
+    ] = None,
 ) -> None:
     """Run this machine's agent."""
     env = dict(os.environ)
@@ -58,6 +61,7 @@ def agent(
         ("FLEETLAB_AGENT__NAME", name),
         ("FLEETLAB_AGENT__LABELS", labels),
         ("FLEETLAB_AGENT__SLOTS", None if slots is None else str(slots)),
+        ("FLEETLAB_AGENT__PROJECTS", None if projects is None else str(projects.resolve())),
     ):
         if value is not None:
             env[key] = value

@@ -76,3 +76,20 @@ def test_draining_agents_take_nothing_and_reasons_say_so() -> None:
     assert why_waiting([busy], NONE, Resources()) == (
         "waiting for 1 CPU slot: 1 agent could run it, all busy"
     )
+
+
+def test_placement_sends_a_local_project_only_to_agents_that_serve_it() -> None:
+    plain = AgentCapacity(id="plain", labels=frozenset(), slots=8, gpu_ids=[], memory_mb=0)
+    serving = AgentCapacity(
+        id="serving",
+        labels=frozenset(),
+        slots=1,
+        gpu_ids=[],
+        memory_mb=0,
+        projects=frozenset({"mnist"}),
+    )
+    chosen = place([plain, serving], frozenset(), Resources(), "mnist")
+    assert chosen is not None and chosen[0] is serving
+    assert why_waiting([plain], frozenset(), Resources(), "mnist").startswith(
+        "no agent serves project mnist"
+    )

@@ -39,7 +39,9 @@ class RunSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    command: list[str] = Field(min_length=1)
+    # Empty: the command is the agent's own, from its FGMachine projects.json; only agents
+    # that serve the project take it.
+    command: list[str] = Field(default_factory=list)
     option_style: OptionStyle = "double-dash"
     boolean: BooleanStyle = "mandatory"
     parameters: list[Parameter] = Field(default_factory=list)

@@ -36,6 +36,11 @@ def _die_with_agent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# The run's metrics file (FLEETLAB_METRICS_FILE), in its working directory.
+METRICS_FILE = "metrics.jsonl"
+# Holds fleetlab.py, the standard-library-only helper programs import (see fleetlab_agent.sdk).
+SDK_DIR = Path(__file__).resolve().parent / "sdk"
+
 # Variables of the agent's own that an experiment must not see (its NATS credential).
 _PRIVATE_PREFIX = "FLEETLAB_"
 
@@ -98,13 +103,15 @@ class LogBatcher:
         """The next batch: bounded by lines and by bytes, never empty while lines wait."""
         size, count = 0, 0
         for line in self._buffer[: self._max_lines]:
-            size += _size(line.line)
-            if count and size > self._max_bytes:
+            cost = _size(line.line)
+            if count and size + cost > self._max_bytes:
                 break
+            size += cost
             count += 1
         batch = self._buffer[:count]
         del self._buffer[:count]
-        self._buffer_bytes = sum(_size(ln.line) for ln in self._buffer)
+        # Only what was taken is subtracted: recounting the rest made a backlog quadratic.
+        self._buffer_bytes = max(0, self._buffer_bytes - size) if self._buffer else 0
         return batch
 
     async def _flusher(self) -> None:
@@ -140,7 +147,7 @@ MAX_LINE_BYTES = 16 * 1024
 
 def _decode(raw: bytes, total: int | None = None) -> str:
     """Text of one line: undecodable bytes replaced (never fatal), the cut marked."""
-    text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+    text = raw.rstrip(b"\r").decode("utf-8", errors="replace").replace("\x00", "\ufffd")
     if total is not None and total > MAX_LINE_BYTES:
         text += f" … [line cut: {total} bytes]"
     return text
@@ -198,7 +205,9 @@ async def _pump(
         for part in lines:
             if not line and len(part) <= MAX_LINE_BYTES and b"\r" not in part:
                 # The common case, kept cheap: a whole short line in one read.
-                add(stream, part.decode("utf-8", errors="replace"))
+                text = part.decode("utf-8", errors="replace")
+                # PostgreSQL text cannot hold NUL: it is replaced like an undecodable byte.
+                add(stream, text.replace("\x00", "\ufffd") if "\x00" in text else text)
                 continue
             line.feed(part)
             add(stream, line.take())
@@ -218,6 +227,9 @@ class Run:
     workdir: Path
     # GPU indices given by the scheduler: the only ones the process sees.
     gpus: list[int] = field(default_factory=list)
+    # Where the process starts, when not the fresh working directory (an agent-local project
+    # runs in its own folder, as FGMachine did; inputs/ and outputs/ stay in the workdir).
+    cwd: Path | None = None
     argv: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     started_at: datetime | None = None
@@ -242,12 +254,15 @@ class Run:
                 "FLEETLAB_WORK_DIR": str(self.workdir),
                 "FLEETLAB_INPUTS_DIR": str(self.workdir / "inputs"),
                 "FLEETLAB_OUTPUTS_DIR": str(self.workdir / "outputs"),
-                "FLEETLAB_METRICS_FILE": str(self.workdir / "metrics.jsonl"),
+                "FLEETLAB_METRICS_FILE": str(self.workdir / METRICS_FILE),
                 # Empty when no GPU was asked for: the run then sees none.
                 "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in self.gpus),
             }
         )
         env.update(self.spec.env)
+        # `import fleetlab` (log metrics, set scores) works in every run, before the
+        # project's own PYTHONPATH.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SDK_DIR), env.get("PYTHONPATH")]))
         return env
 
     async def start(self) -> str | None:
@@ -256,7 +271,7 @@ class Run:
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,
-                cwd=self.workdir,
+                cwd=self.cwd or self.workdir,
                 env=self.environment(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

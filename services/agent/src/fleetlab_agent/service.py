@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
+from pathlib import Path
 
 from faststream.nats import NatsBroker
 
 from fleetlab_agent.hardware import detect_hardware
+from fleetlab_agent.metrics import tail_run
+from fleetlab_agent.projects import load_projects
 from fleetlab_agent.reaper import Reaper
 from fleetlab_agent.runner import LogBatcher, Run, RunResult
 from fleetlab_agent.settings import AgentSettings
@@ -45,6 +48,9 @@ class Agent:
         self._watchers: set[asyncio.Task[None]] = set()
         self._beat_now = asyncio.Event()
         self.reaper = Reaper()
+        path = settings.agent.projects
+        self.local_projects = load_projects(path) if path else {}
+        self.projects_base = path.parent.resolve() if path else Path.cwd()
 
     def heartbeat(self) -> AgentHeartbeat:
         return AgentHeartbeat(
@@ -53,6 +59,7 @@ class Agent:
             slots=self.settings.agent.slots,
             running=list(self.runs),
             labels=self.settings.agent.labels,
+            projects=sorted(self.local_projects),
             hardware=detect_hardware(),
             started_at=self.started_at,
         )
@@ -79,14 +86,32 @@ class Agent:
             log.info("agent.duplicate_assignment", experiment_id=str(event.experiment_id))
             return
         workdir = self.settings.work_root() / f"{event.experiment_id}-{event.attempt}"
+        spec, cwd, refusal = event.run, None, None
+        if not spec.command:
+            local = self.local_projects.get(event.project)
+            if local is None:
+                refusal = f"this agent does not serve project {event.project!r}"
+            else:
+                spec = spec.model_copy(
+                    update={
+                        "command": local.argv_prefix(),
+                        "option_style": local.options,
+                        "boolean": local.boolean,
+                    }
+                )
+                cwd = local.workdir(self.projects_base)
         run = Run(
             experiment_id=event.experiment_id,
             attempt=event.attempt,
-            spec=event.run,
+            spec=spec,
             options=event.options,
             workdir=workdir,
             gpus=event.gpus,
+            cwd=cwd,
         )
+        if refusal is not None:
+            await self._finish(run, RunResult(status="failed", reason=refusal, started=False))
+            return
         early = self.stopped_early.pop(event.experiment_id, None)
         if early is not None:
             await self._finish(run, RunResult(status="stopped", reason=early, started=False))
@@ -155,7 +180,9 @@ class Agent:
         batcher = LogBatcher(
             publish_lines, self.settings.agent.batch_lines, self.settings.agent.batch_delay_s
         )
+        metrics = tail_run(self.broker, self.name, run)
         result = await run.wait(batcher, self.settings.agent.stop_grace_s)
+        await metrics.close()
         if run.process is not None:
             self.reaper.forget(run.process.pid)
         await self._finish(run, result)

@@ -29,6 +29,8 @@ class AgentOptions(BaseModel):
     # A comma list in the environment (FLEETLAB_AGENT__LABELS=gpu,a100), not JSON.
     labels: Annotated[list[str], NoDecode] = Field(default_factory=list)
     work_dir: Path | None = None
+    # FGMachine's projects.json: projects this agent runs with its own commands.
+    projects: Path | None = None
     heartbeat_s: float = Field(default=2.0, gt=0)
     stop_grace_s: float = Field(default=10.0, ge=0)
     # Output lines are sent in batches: at most this many, at most this late.

@@ -27,6 +27,8 @@ class AgentCapacity:
     gpu_ids: list[int]
     memory_mb: int
     draining: bool = False
+    # Projects run with the agent's own command (FGMachine projects.json).
+    projects: frozenset[str] = frozenset()
     slots_used: float = 0.0
     gpus_used: set[int] = field(default_factory=set)
     memory_used: int = 0
@@ -39,17 +41,25 @@ class AgentCapacity:
     def gpus_free(self) -> list[int]:
         return [g for g in self.gpu_ids if g not in self.gpus_used]
 
-    def fits_total(self, labels: frozenset[str], res: Resources) -> bool:
+    def serves(self, project: str | None) -> bool:
+        """``project`` None: the run brings its own command; any agent can start it."""
+        return project is None or project in self.projects
+
+    def fits_total(
+        self, labels: frozenset[str], res: Resources, project: str | None = None
+    ) -> bool:
         return (
-            labels <= self.labels
+            self.serves(project)
+            and labels <= self.labels
             and res.cpus <= self.slots
             and res.gpus <= len(self.gpu_ids)
             and (res.memory_mb == 0 or self.memory_mb == 0 or res.memory_mb <= self.memory_mb)
         )
 
-    def fits_now(self, labels: frozenset[str], res: Resources) -> bool:
+    def fits_now(self, labels: frozenset[str], res: Resources, project: str | None = None) -> bool:
         return (
-            not self.draining
+            self.serves(project)
+            and not self.draining
             and not self.reserved
             and labels <= self.labels
             and res.cpus <= self.slots_free + 1e-9
@@ -84,13 +94,13 @@ class Fleet:
         return any(a.slots_free > 0 and not a.draining and not a.reserved for a in self.agents)
 
     def place(
-        self, labels: frozenset[str], res: Resources
+        self, labels: frozenset[str], res: Resources, project: str | None = None
     ) -> tuple[AgentCapacity, list[int]] | None:
         """The agent that takes an experiment now (and its GPUs), or None; may reserve one."""
         for index, agent in enumerate(self._order):
             if agent.slots_free + 1e-9 < res.cpus:
                 break  # ordered by free slots: no agent further on has enough
-            if agent.fits_now(labels, res):
+            if agent.fits_now(labels, res, project):
                 gpus = agent.take(res)
                 del self._order[index]
                 bisect.insort(self._order, agent, key=_most_free)
@@ -99,7 +109,7 @@ class Fleet:
         candidates = [
             a
             for a in self.agents
-            if not a.draining and not a.reserved and a.fits_total(labels, res)
+            if not a.draining and not a.reserved and a.fits_total(labels, res, project)
         ]
         if candidates:
             max(candidates, key=lambda a: (a.slots, a.id)).reserved = True
@@ -111,13 +121,21 @@ def _most_free(agent: AgentCapacity) -> tuple[float, str]:
 
 
 def place(
-    agents: list[AgentCapacity], labels: frozenset[str], res: Resources
+    agents: list[AgentCapacity],
+    labels: frozenset[str],
+    res: Resources,
+    project: str | None = None,
 ) -> tuple[AgentCapacity, list[int]] | None:
     """One placement over ``agents`` (see :class:`Fleet`, which a placement round keeps)."""
-    return Fleet(agents).place(labels, res)
+    return Fleet(agents).place(labels, res, project)
 
 
-def why_waiting(agents: list[AgentCapacity], labels: frozenset[str], res: Resources) -> str:
+def why_waiting(
+    agents: list[AgentCapacity],
+    labels: frozenset[str],
+    res: Resources,
+    project: str | None = None,
+) -> str:
     """A readable reason an experiment is still queued."""
     need = _describe(labels, res)
     if not agents:
@@ -125,6 +143,10 @@ def why_waiting(agents: list[AgentCapacity], labels: frozenset[str], res: Resour
     usable = [a for a in agents if not a.draining]
     if not usable:
         return f"no agent takes work: {len(agents)} online, all draining"
+    if project is not None:
+        usable = [a for a in usable if a.serves(project)]
+        if not usable:
+            return f"no agent serves project {project} (its projects.json has no such entry)"
     labelled = [a for a in usable if labels <= a.labels]
     if not labelled:
         return f"no online agent has the labels {', '.join(sorted(labels))}"
@@ -160,6 +182,7 @@ def capacity_from_rows(agents: list[Any], active: list[Any]) -> list[AgentCapaci
             gpu_ids=[int(g["index"]) for g in hardware.get("gpus", [])],
             memory_mb=int(hardware.get("memory_mb", 0)),
             draining=bool(row["draining"]),
+            projects=frozenset(row["projects"]),
         )
     for row in active:
         agent = by_id.get(row["agent_id"])

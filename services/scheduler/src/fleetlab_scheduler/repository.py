@@ -68,12 +68,13 @@ async def upsert_agent(conn: Conn, hb: AgentHeartbeat) -> asyncpg.Record | None:
     )
     await conn.execute(
         """INSERT INTO agents (id, instance_id, hostname, slots, labels, hardware, running,
-                               online, last_seen)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, true, now())
+                               projects, online, last_seen)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, now())
            ON CONFLICT (id) DO UPDATE SET
                instance_id = EXCLUDED.instance_id, hostname = EXCLUDED.hostname,
                slots = EXCLUDED.slots, labels = EXCLUDED.labels, hardware = EXCLUDED.hardware,
-               running = EXCLUDED.running, online = true, last_seen = now()""",
+               running = EXCLUDED.running, projects = EXCLUDED.projects, online = true,
+               last_seen = now()""",
         hb.agent_id,
         hb.instance_id,
         hb.hardware.hostname,
@@ -81,6 +82,7 @@ async def upsert_agent(conn: Conn, hb: AgentHeartbeat) -> asyncpg.Record | None:
         hb.labels,
         hb.hardware.model_dump(),
         hb.running,
+        hb.projects,
     )
     return previous
 
@@ -145,8 +147,8 @@ async def capacity_rows(
     """Online agents and what runs on them; ``lock`` holds the agent rows so that placement
     happens one round at a time, even across scheduler replicas."""
     agents: list[asyncpg.Record] = await conn.fetch(
-        "SELECT id, slots, labels, hardware, draining FROM agents WHERE online ORDER BY id"
-        + (" FOR UPDATE" if lock else "")
+        "SELECT id, slots, labels, hardware, draining, projects FROM agents"
+        " WHERE online ORDER BY id" + (" FOR UPDATE" if lock else "")
     )
     active: list[asyncpg.Record] = await conn.fetch(
         "SELECT agent_id, run, gpus FROM experiments WHERE status IN ('assigned', 'running')"
@@ -181,7 +183,8 @@ async def assign_many(conn: Conn, assignments: list[tuple[uuid.UUID, str, list[i
 async def queued_runs(conn: Conn, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
     """The run specs of those of ``ids`` still queued."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT id, run FROM experiments WHERE id = ANY($1::uuid[]) AND status = 'queued'", ids
+        "SELECT id, project, run FROM experiments WHERE id = ANY($1::uuid[]) AND status = 'queued'",
+        ids,
     )
     return rows
 
@@ -253,7 +256,7 @@ async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
     """Every known agent with its capacity in use (for ``rpc.scheduler.agents``)."""
     rows = await conn.fetch(
         """SELECT a.id, a.hostname, a.slots, a.labels, a.hardware, a.online, a.last_seen,
-                  a.draining, a.running, a.first_seen, count(e.id) AS busy
+                  a.draining, a.running, a.projects, a.first_seen, count(e.id) AS busy
            FROM agents a
            LEFT JOIN experiments e
              ON e.agent_id = a.id AND e.status IN ('assigned', 'running')
@@ -271,6 +274,7 @@ async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
             "status": "online" if r["online"] else "offline",
             "draining": r["draining"],
             "running": [str(x) for x in r["running"]],
+            "projects": list(r["projects"]),
             "first_seen": r["first_seen"].isoformat(),
             "last_seen": r["last_seen"].isoformat(),
         }

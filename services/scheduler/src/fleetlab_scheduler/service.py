@@ -189,7 +189,8 @@ class Scheduler:
             assigned: list[ExperimentAssigned] = []
             for row in await repo.next_queued(conn, self.settings.placement_batch):
                 run = RunSpec.model_validate(row["run"])
-                chosen = fleet.place(frozenset(run.labels), run.resources)
+                local = None if run.command else row["project"]
+                chosen = fleet.place(frozenset(run.labels), run.resources, local)
                 if chosen is None:
                     if not fleet.any_free():
                         break
@@ -222,7 +223,10 @@ class Scheduler:
         reasons = {}
         for row in rows:
             run = RunSpec.model_validate(row["run"])
-            reasons[str(row["id"])] = why_waiting(agents, frozenset(run.labels), run.resources)
+            local = None if run.command else row["project"]
+            reasons[str(row["id"])] = why_waiting(
+                agents, frozenset(run.labels), run.resources, local
+            )
         return reasons
 
     async def drain(self, agent_id: str, draining: bool) -> bool:

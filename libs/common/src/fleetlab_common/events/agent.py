@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +44,8 @@ class AgentHeartbeat(Event):
     slots: int
     running: list[uuid.UUID] = Field(default_factory=list)
     labels: list[str] = Field(default_factory=list)
+    # Projects this agent runs with a command of its own (FGMachine projects.json).
+    projects: list[str] = Field(default_factory=list)
     hardware: AgentHardware = Field(default_factory=AgentHardware)
     started_at: datetime | None = None
 
@@ -99,3 +101,55 @@ class LogLinesAppended(Event):
     agent_id: str
     attempt: int = 1
     lines: list[LogLine]
+
+
+class AgentLogLine(BaseModel):
+    """One line of an agent's own log (its structlog output, as rendered)."""
+
+    ts: datetime
+    level: str
+    line: str
+
+
+class AgentLogAppended(Event):
+    """A batch of the agent's own log lines, on ``agent.agentlog.appended.<agent_id>``.
+
+    Best effort and bounded: an agent keeps at most a fixed number of unsent lines and says
+    in ``dropped`` how many it had to let go since the previous batch.
+    """
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    ROUTE_FIELD: ClassVar[str | None] = "agent_id"
+    type: Literal["agent.agentlog.appended"] = "agent.agentlog.appended"
+    agent_id: str
+    instance_id: uuid.UUID
+    lines: list[AgentLogLine]
+    dropped: int = 0
+
+
+class MetricPoint(BaseModel):
+    """One value of one metric: ``step`` when the program gave one, ``ts`` always."""
+
+    name: str
+    value: float
+    step: int | None = None
+    ts: datetime
+    metadata: dict[str, Any] | None = None
+    # MLBench: the value accumulates over the run (e.g. total time), rather than being a sample.
+    cumulative: bool = False
+
+
+class MetricsReported(Event):
+    """A batch of metric points from a run's metrics file, on
+    ``agent.metrics.reported.<experiment_id>``; ``scores`` are the run's ``_scores`` so far
+    (from ``fleetlab.result``), ``skipped`` the malformed lines left out of this batch."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    ROUTE_FIELD: ClassVar[str | None] = "experiment_id"
+    type: Literal["agent.metrics.reported"] = "agent.metrics.reported"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int = 1
+    points: list[MetricPoint] = Field(default_factory=list)
+    scores: dict[str, float] = Field(default_factory=dict)
+    skipped: int = 0

@@ -28,6 +28,7 @@ class Agent(BaseModel):
     labels: list[str]
     hardware: dict[str, Any]
     running: list[str]
+    projects: list[str] = []
     first_seen: str
     last_seen: str
 

@@ -141,7 +141,11 @@ def validate_options(
 class RunFields(BaseModel):
     """A project's run spec, as JSON fields (the contract): how and where it runs."""
 
-    command: list[str] = Field(min_length=1, description="argv, run without a shell")
+    command: list[str] = Field(
+        default_factory=list,
+        description="argv, run without a shell; empty when agents bring their own command "
+        "(FGMachine projects.json): then only agents that serve the project run it",
+    )
     option_style: OptionStyle = "double-dash"
     boolean: BooleanStyle = "mandatory"
     parameters: list[Parameter] = Field(default_factory=list)
