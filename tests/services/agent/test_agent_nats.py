@@ -34,6 +34,7 @@ async def agent(nats_url: str, tmp_path: Path) -> AsyncIterator[Agent]:
     handlers.register(broker, agent)
     await broker.start()
     await ensure_streams(broker.connection.jetstream(), settings.nats)
+    agent.spool.start()
     beats = asyncio.create_task(agent.heartbeat_loop())
     try:
         yield agent

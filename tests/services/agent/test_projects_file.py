@@ -89,13 +89,10 @@ async def test_an_agent_runs_a_project_with_its_own_command(tmp_path: Path, nats
     agent = Agent(settings, make_broker(settings.nats, "unused"))
     assert agent.heartbeat().projects == ["local-demo"]
 
-    async def capture(_broker: object, event: object) -> None:
+    async def capture(event: object) -> None:
         published.append(event)
 
-    import fleetlab_agent.service as service
-
-    original = service.publish_event_reliably
-    service.publish_event_reliably = capture  # type: ignore[assignment]
+    agent.spool.put = capture  # type: ignore[method-assign]  # observe what it would send
     try:
         for project in ("local-demo", "elsewhere"):
             await agent.handle_assigned(
@@ -111,7 +108,6 @@ async def test_an_agent_runs_a_project_with_its_own_command(tmp_path: Path, nats
             while sum(isinstance(e, ExperimentFinished) for e in published) < 2:
                 await asyncio.sleep(0.01)
     finally:
-        service.publish_event_reliably = original
         await agent.shutdown()
 
     finished = [e for e in published if isinstance(e, ExperimentFinished)]

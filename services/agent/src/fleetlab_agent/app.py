@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
-from fleetlab_agent import handlers
+from fleetlab_agent import agentlog, handlers
 from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import ensure_streams, make_broker
@@ -30,7 +30,10 @@ def create_app(settings: AgentSettings) -> AsgiFastStream:
 
     async def started() -> None:
         await ensure_streams(broker.connection.jetstream(), settings.nats)
+        agent.spool.start()
         background.spawn("heartbeat", agent.heartbeat_loop)
+        shipper = agentlog.install(broker, agent.name, agent.instance_id)
+        background.spawn("agent-log", shipper.run)
         log.info(
             "agent.ready",
             agent_id=agent.name,

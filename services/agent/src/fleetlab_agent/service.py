@@ -16,7 +16,8 @@ from fleetlab_agent.projects import load_projects
 from fleetlab_agent.reaper import Reaper
 from fleetlab_agent.runner import LogBatcher, Run, RunResult
 from fleetlab_agent.settings import AgentSettings
-from fleetlab_common.broker import publish_event, publish_event_reliably
+from fleetlab_agent.spool import Spool
+from fleetlab_common.broker import publish_event
 from fleetlab_common.events import (
     AgentHeartbeat,
     ExperimentAssigned,
@@ -48,6 +49,7 @@ class Agent:
         self._watchers: set[asyncio.Task[None]] = set()
         self._beat_now = asyncio.Event()
         self.reaper = Reaper()
+        self.spool = Spool(settings.spool_dir(), broker, settings.agent.spool_max_mb * 1024 * 1024)
         path = settings.agent.projects
         self.local_projects = load_projects(path) if path else {}
         self.projects_base = path.parent.resolve() if path else Path.cwd()
@@ -132,8 +134,7 @@ class Agent:
             pid=run.process.pid,
             argv=run.argv,
         )
-        await publish_event_reliably(
-            self.broker,
+        await self.spool.put(
             ExperimentStarted(
                 experiment_id=event.experiment_id,
                 agent_id=self.name,
@@ -167,8 +168,7 @@ class Agent:
 
     async def _watch(self, run: Run) -> None:
         async def publish_lines(lines: list[LogLine]) -> None:
-            await publish_event_reliably(
-                self.broker,
+            await self.spool.put(
                 LogLinesAppended(
                     experiment_id=run.experiment_id,
                     agent_id=self.name,
@@ -197,8 +197,7 @@ class Agent:
             exit_code=result.exit_code,
             reason=result.reason,
         )
-        await publish_event_reliably(
-            self.broker,
+        await self.spool.put(
             ExperimentFinished(
                 experiment_id=run.experiment_id,
                 agent_id=self.name,
@@ -226,3 +225,6 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.reaper.close()
+        # Send what is spooled while NATS is there; the rest waits on disk for the next start.
+        await self.spool.drained(3.0)
+        await self.spool.stop()

@@ -36,6 +36,8 @@ class AgentOptions(BaseModel):
     # Output lines are sent in batches: at most this many, at most this late.
     batch_lines: int = 500
     batch_delay_s: float = 0.05
+    # What waits on disk for NATS at most; a full spool makes runs wait, never drops.
+    spool_max_mb: int = Field(default=1024, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -57,6 +59,9 @@ class AgentSettings(CommonSettings):
 
     port: int = 5084
     agent: AgentOptions = Field(default_factory=AgentOptions)
+
+    def spool_dir(self) -> Path:
+        return self.work_root().parent / "spool"
 
     def work_root(self) -> Path:
         root = self.agent.work_dir or self.home / "agent" / self.agent.name / "work"

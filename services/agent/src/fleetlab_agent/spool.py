@@ -1,0 +1,204 @@
+"""The agent's spool: every fact it reports, kept on disk in order until NATS has it.
+
+Log lines, metrics, and the start and end of runs are written here first (appended to
+segment files under ``<work root>/../spool``) and a single sender publishes them to JetStream
+in the order they were written, each with its event id as ``Nats-Msg-Id``. When NATS is away,
+runs go on and the spool grows; when it is back, everything is sent, in order. When the agent
+restarts, what was not yet sent is sent then. The spool is bounded (``spool_max_mb``, 1 GiB
+by default): once full, writers wait — a run's output pipe then fills and the program blocks
+on its next print, rather than anything being dropped.
+
+A record sent but not yet marked sent when the agent died is sent again on restart: JetStream
+drops it as a duplicate within its window, and every consumer is idempotent beyond it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from faststream.nats import NatsBroker
+
+from fleetlab_common.events import Event
+from fleetlab_common.log import get_logger
+
+log = get_logger(__name__)
+
+SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+class Spool:
+    """An on-disk, ordered, bounded queue of events with one sender."""
+
+    def __init__(self, directory: Path, broker: NatsBroker, max_bytes: int = 1 << 30) -> None:
+        self.directory = directory
+        self.broker = broker
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._cursor_path = directory / "cursor"
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: Any = None
+        self._writer_segment = -1
+        self.sent = 0
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _segments(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.directory.glob("*.jsonl"))
+
+    def _path(self, segment: int) -> Path:
+        return self.directory / f"{segment:012d}.jsonl"
+
+    def _cursor(self) -> tuple[int, int]:
+        try:
+            segment, offset = self._cursor_path.read_text().split()
+            return int(segment), int(offset)
+        except (OSError, ValueError):
+            segments = self._segments()
+            return (segments[0] if segments else 0), 0
+
+    def _save_cursor(self, segment: int, offset: int) -> None:
+        tmp = self._cursor_path.with_suffix(".tmp")
+        tmp.write_text(f"{segment} {offset}")
+        tmp.replace(self._cursor_path)
+
+    def size(self) -> int:
+        """Bytes waiting on disk (sent segments are deleted as the sender leaves them)."""
+        return sum(self._path(s).stat().st_size for s in self._segments())
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def put(self, event: Event) -> None:
+        """Append ``event``; it is on disk when this returns. Waits while the spool is full."""
+        while self.size() >= self.max_bytes:
+            self._room.clear()
+            log.warning("agent.spool_full", bytes=self.max_bytes)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), 1.0)
+        record = {
+            "subject": event.subject(),
+            "stream": event.STREAM,
+            "headers": event.headers(),
+            "payload": event.model_dump_json(),
+        }
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        segments = self._segments()
+        segment = segments[-1] if segments else 0
+        if self._writer_segment != segment or self._writer is None:
+            self._open_writer(segment)
+        if self._path(segment).stat().st_size + len(line) > SEGMENT_BYTES:
+            self._open_writer(segment + 1)
+        self._writer.write(line)
+        self._writer.flush()
+        self._idle.clear()
+        self._wake.set()
+
+    def _open_writer(self, segment: int) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = self._path(segment).open("ab")
+        self._writer_segment = segment
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _publish(self, record: dict[str, Any]) -> None:
+        await self.broker.publish(
+            record["payload"].encode(),
+            record["subject"],
+            headers=record["headers"],
+            stream=record["stream"],
+            timeout=5.0,
+        )
+
+    async def _send_available(self) -> None:
+        segment, offset = self._cursor()
+        while True:
+            path = self._path(segment)
+            if not path.exists():
+                later = [s for s in self._segments() if s > segment]
+                if not later:
+                    return
+                segment, offset = later[0], 0
+                continue
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            backoff = 0.05
+            position = 0
+            for raw in complete.splitlines(keepends=True):
+                record = json.loads(raw)
+                while True:
+                    try:
+                        await self._publish(record)
+                        break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # NATS away: keep it, try again
+                        log.warning("agent.spool_retry", error=repr(exc), retry_in_s=backoff)
+                        self._save_cursor(segment, offset + position)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                position += len(raw)
+                self.sent += 1
+            offset += position
+            self._save_cursor(segment, offset)
+            later = [s for s in self._segments() if s > segment]
+            if not later:
+                return
+            # Everything in this segment is sent and the writer moved on: drop it.
+            path.unlink(missing_ok=True)
+            self._room.set()
+            segment, offset = later[0], 0
+            self._save_cursor(segment, offset)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self._send_available()
+            self._compact()
+            self._idle.set()
+            await self._wake.wait()
+
+    def _compact(self) -> None:
+        """When all is sent, start the current segment afresh so the disk does not grow."""
+        segment, offset = self._cursor()
+        path = self._path(segment)
+        if path.exists() and path.stat().st_size == offset and offset > SEGMENT_BYTES // 2:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            path.unlink()
+            self._save_cursor(segment + 1, 0)
+            self._path(segment + 1).touch()
+            self._room.set()
+
+    def start(self) -> None:
+        """Start sending (also what an earlier life of the agent left unsent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="spool-sender")
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait until everything written so far is sent; False after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

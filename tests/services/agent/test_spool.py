@@ -1,0 +1,136 @@
+"""The agent's spool on a real nats-server: nothing reported is lost while NATS is away or
+across an agent restart, and order is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from pathlib import Path
+
+import nats
+import pytest
+
+from fleetlab_agent.spool import Spool
+from fleetlab_common.broker import ensure_streams, make_broker
+from fleetlab_common.embedded import free_port, start_nats, stop_process
+from fleetlab_common.events import LogLine, LogLinesAppended, utcnow
+from fleetlab_common.settings import NatsSettings
+
+
+def batch(experiment: uuid.UUID, seq: int) -> LogLinesAppended:
+    return LogLinesAppended(
+        experiment_id=experiment,
+        agent_id="spooler",
+        lines=[LogLine(seq=seq, stream="stdout", ts=utcnow(), line=f"line {seq}")],
+    )
+
+
+async def stored_seqs(url: str, experiment: uuid.UUID) -> list[int]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(f"agent.log.appended.{experiment}", ordered_consumer=True)
+        seqs: list[int] = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return seqs
+            seqs += [ln["seq"] for ln in json.loads(msg.data)["lines"]]
+    finally:
+        await nc.close()
+
+
+async def wait_stored(url: str, experiment: uuid.UUID, count: int) -> list[int]:
+    async with asyncio.timeout(30):
+        while len(seqs := await stored_seqs(url, experiment)) < count:
+            await asyncio.sleep(0.1)
+    return seqs
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    proc, url = start_nats(tmp_path / "js", port)
+    state = {"proc": proc, "url": url, "port": port, "dir": tmp_path / "js"}
+    yield state
+    stop_process(state["proc"])
+
+
+async def test_events_wait_on_disk_while_nats_is_away_and_go_in_order(
+    server: dict, tmp_path: Path
+) -> None:
+    settings = NatsSettings(url=server["url"])
+    broker = make_broker(settings, "spool-test")
+    await broker.start()
+    await ensure_streams(broker.connection.jetstream(), settings)
+    spool = Spool(tmp_path / "spool", broker)
+    spool.start()
+    experiment = uuid.uuid4()
+    try:
+        for seq in range(1, 51):
+            await spool.put(batch(experiment, seq))
+        assert await spool.drained(10)
+
+        stop_process(server["proc"])  # NATS goes away mid-run
+        for seq in range(51, 151):
+            await spool.put(batch(experiment, seq))
+        assert spool.size() > 0  # kept on disk meanwhile
+
+        server["proc"], _ = start_nats(server["dir"], server["port"])
+        seqs = await wait_stored(server["url"], experiment, 150)
+        assert seqs == list(range(1, 151))
+    finally:
+        await spool.stop()
+        await broker.stop()
+
+
+async def test_what_a_stopped_agent_left_unsent_goes_out_when_it_starts_again(
+    server: dict, tmp_path: Path
+) -> None:
+    settings = NatsSettings(url=server["url"])
+    experiment = uuid.uuid4()
+    stop_process(server["proc"])
+    first = Spool(tmp_path / "spool", make_broker(settings, "unused"))
+    for seq in range(1, 21):
+        await first.put(batch(experiment, seq))
+    await first.stop()  # never sent anything: NATS was away the whole life of this agent
+
+    server["proc"], _ = start_nats(server["dir"], server["port"])
+    broker = make_broker(settings, "spool-test-2")
+    await broker.start()
+    await ensure_streams(broker.connection.jetstream(), settings)
+    second = Spool(tmp_path / "spool", broker)
+    second.start()
+    try:
+        assert await wait_stored(server["url"], experiment, 20) == list(range(1, 21))
+    finally:
+        await second.stop()
+        await broker.stop()
+
+
+async def test_a_full_spool_makes_writers_wait_instead_of_dropping(
+    server: dict, tmp_path: Path
+) -> None:
+    settings = NatsSettings(url=server["url"])
+    stop_process(server["proc"])
+    spool = Spool(tmp_path / "spool", make_broker(settings, "unused"), max_bytes=2000)
+    experiment = uuid.uuid4()
+    written: list[int] = []
+
+    async def write_all() -> None:
+        for s in range(1, 40):
+            await spool.put(batch(experiment, s))
+            written.append(s)
+
+    writer = asyncio.create_task(write_all())
+    async with asyncio.timeout(5):
+        while spool.size() < 2000:
+            await asyncio.sleep(0.01)
+    assert not writer.done() and len(written) < 39  # waiting for room, nothing dropped
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+    await spool.stop()
