@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,12 @@ class Spool:
         self._writer: Any = None
         self._writer_segment = -1
         self.sent = 0
+        # What is on disk and not yet sent, also held in memory (bounded by ``max_bytes``), so
+        # that sending never rereads the files: (segment, end offset, size, record).
+        self._last: tuple[int, int] = self._cursor()
+        self._queue: deque[tuple[int, int, int, dict[str, Any]]] = deque()
+        self._queued_bytes = 0
+        self._load_unsent()
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -70,8 +78,25 @@ class Spool:
         tmp.replace(self._cursor_path)
 
     def size(self) -> int:
-        """Bytes waiting on disk (sent segments are deleted as the sender leaves them)."""
-        return sum(self._path(s).stat().st_size for s in self._segments())
+        """Bytes written and not yet sent."""
+        return self._queued_bytes
+
+    def _load_unsent(self) -> None:
+        """Records an earlier life of the agent wrote and did not send (after the cursor)."""
+        segment, offset = self._cursor()
+        for s in self._segments():
+            if s < segment:
+                self._path(s).unlink(missing_ok=True)
+                continue
+            start = offset if s == segment else 0
+            with self._path(s).open("rb") as f:
+                f.seek(start)
+                data = f.read()
+            position = start
+            for raw in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
+                position += len(raw)
+                self._queue.append((s, position, len(raw), json.loads(raw)))
+                self._queued_bytes += len(raw)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -89,14 +114,15 @@ class Spool:
             "payload": event.model_dump_json(),
         }
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        segments = self._segments()
-        segment = segments[-1] if segments else 0
-        if self._writer_segment != segment or self._writer is None:
-            self._open_writer(segment)
-        if self._path(segment).stat().st_size + len(line) > SEGMENT_BYTES:
-            self._open_writer(segment + 1)
+        if self._writer is None:
+            segments = self._segments()
+            self._open_writer(segments[-1] if segments else 0)
+        if self._writer.tell() + len(line) > SEGMENT_BYTES:
+            self._open_writer(self._writer_segment + 1)
         self._writer.write(line)
         self._writer.flush()
+        self._queue.append((self._writer_segment, self._writer.tell(), len(line), record))
+        self._queued_bytes += len(line)
         self._idle.clear()
         self._wake.set()
 
@@ -118,67 +144,63 @@ class Spool:
         )
 
     async def _send_available(self) -> None:
-        segment, offset = self._cursor()
-        while True:
-            path = self._path(segment)
-            if not path.exists():
-                later = [s for s in self._segments() if s > segment]
-                if not later:
-                    return
-                segment, offset = later[0], 0
+        backoff = 0.05
+        last_saved = time.monotonic()
+        while self._queue:
+            segment, end, size, record = self._queue[0]
+            try:
+                await self._publish(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS away: keep it, try again
+                log.warning("agent.spool_retry", error=repr(exc), retry_in_s=backoff)
+                self._save_cursor(*self._sent_up_to())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
                 continue
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-            complete = data[: data.rfind(b"\n") + 1]
             backoff = 0.05
-            position = 0
-            for raw in complete.splitlines(keepends=True):
-                record = json.loads(raw)
-                while True:
-                    try:
-                        await self._publish(record)
-                        break
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # NATS away: keep it, try again
-                        log.warning("agent.spool_retry", error=repr(exc), retry_in_s=backoff)
-                        self._save_cursor(segment, offset + position)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
-                position += len(raw)
-                self.sent += 1
-            offset += position
-            self._save_cursor(segment, offset)
-            later = [s for s in self._segments() if s > segment]
-            if not later:
-                return
-            # Everything in this segment is sent and the writer moved on: drop it.
-            path.unlink(missing_ok=True)
+            self._queue.popleft()
+            self._queued_bytes -= size
             self._room.set()
-            segment, offset = later[0], 0
-            self._save_cursor(segment, offset)
+            self.sent += 1
+            self._last = (segment, end)
+            # The cursor is saved now and then, not per record: a crash resends a few records,
+            # which the stream's duplicate window drops.
+            if time.monotonic() - last_saved > 0.2:
+                self._save_cursor(segment, end)
+                last_saved = time.monotonic()
+        self._save_cursor(*self._sent_up_to())
+        self._drop_sent_segments()
+
+    def _sent_up_to(self) -> tuple[int, int]:
+        if self._queue:
+            segment, end, size, _ = self._queue[0]
+            return segment, end - size
+        return self._last
+
+    def _drop_sent_segments(self) -> None:
+        """Delete segments wholly sent; start a fresh one when the current one grew big."""
+        segment, offset = self._sent_up_to()
+        for s in self._segments():
+            if s < segment:
+                self._path(s).unlink(missing_ok=True)
+        if (
+            not self._queue
+            and self._writer is not None
+            and self._writer_segment == segment
+            and offset > SEGMENT_BYTES // 2
+        ):
+            self._open_writer(segment + 1)
+            self._path(segment).unlink(missing_ok=True)
+            self._last = (segment + 1, 0)
+            self._save_cursor(*self._last)
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             await self._send_available()
-            self._compact()
             self._idle.set()
             await self._wake.wait()
-
-    def _compact(self) -> None:
-        """When all is sent, start the current segment afresh so the disk does not grow."""
-        segment, offset = self._cursor()
-        path = self._path(segment)
-        if path.exists() and path.stat().st_size == offset and offset > SEGMENT_BYTES // 2:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
-            path.unlink()
-            self._save_cursor(segment + 1, 0)
-            self._path(segment + 1).touch()
-            self._room.set()
 
     def start(self) -> None:
         """Start sending (also what an earlier life of the agent left unsent)."""
