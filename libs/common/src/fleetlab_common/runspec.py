@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OptionStyle = Literal["plain", "single-dash", "double-dash", "function"]
 BooleanStyle = Literal["mandatory", "optional"]
@@ -22,6 +22,31 @@ class Parameter(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     pass_as: str = Field(alias="pass-as", min_length=1)
+
+
+class Input(BaseModel):
+    """A MachineLabs input: fetched into ``inputs/<name>`` before the process starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    url: str = Field(min_length=1, max_length=4096)
+
+    @field_validator("name")
+    @classmethod
+    def _inside_inputs(cls, name: str) -> str:
+        # The name is a path under inputs/: it must not climb out of it or hide in it.
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in name:
+            raise ValueError(f"{name!r} must be a relative path that stays inside inputs/")
+        return name
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("only http:// and https:// URLs can be fetched")
+        return url
 
 
 class Resources(BaseModel):
@@ -51,6 +76,7 @@ class RunSpec(BaseModel):
     # Placement: the agent must carry every label and have the resources free.
     labels: list[str] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
+    inputs: list[Input] = Field(default_factory=list)
 
 
 def _plain_value(value: OptionValue) -> str:

@@ -265,9 +265,10 @@ class Run:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SDK_DIR), env.get("PYTHONPATH")]))
         return env
 
-    async def start(self) -> str | None:
+    async def start(self, *, prepared: bool = False) -> str | None:
         """Start the process; return why it could not start, or None."""
-        self.prepare()
+        if not prepared:
+            self.prepare()
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv,

@@ -8,9 +8,11 @@ import uuid
 from collections import OrderedDict
 from pathlib import Path
 
+import httpx
 from faststream.nats import NatsBroker
 
 from fleetlab_agent.hardware import detect_hardware
+from fleetlab_agent.inputs import InputCache, InputError
 from fleetlab_agent.metrics import tail_run
 from fleetlab_agent.projects import load_projects
 from fleetlab_agent.reaper import Reaper
@@ -26,6 +28,7 @@ from fleetlab_common.events import (
     ExperimentStopOrdered,
     LogLine,
     LogLinesAppended,
+    StagedInput,
     utcnow,
 )
 from fleetlab_common.ids import uuid7
@@ -49,6 +52,10 @@ class Agent:
         self._watchers: set[asyncio.Task[None]] = set()
         self._beat_now = asyncio.Event()
         self.reaper = Reaper()
+        self.inputs = InputCache(
+            settings.work_root().parent / "cache", settings.agent.max_input_mb * 1024 * 1024
+        )
+        self.http = httpx.AsyncClient(timeout=settings.agent.input_timeout_s, follow_redirects=True)
         self.spool = Spool(settings.spool_dir(), broker, settings.agent.spool_max_mb * 1024 * 1024)
         path = settings.agent.projects
         self.local_projects = load_projects(path) if path else {}
@@ -118,7 +125,15 @@ class Agent:
         if early is not None:
             await self._finish(run, RunResult(status="stopped", reason=early, started=False))
             return
-        failure = await run.start()
+        run.prepare()
+        staged: list[StagedInput] = []
+        try:
+            for item in spec.inputs:
+                staged.append(await self.inputs.stage(self.http, item, workdir / "inputs"))
+        except InputError as exc:
+            await self._finish(run, RunResult(status="failed", reason=str(exc), started=False))
+            return
+        failure = await run.start(prepared=True)
         if failure is not None:
             log.warning(
                 "experiment.start_failed", experiment_id=str(event.experiment_id), reason=failure
@@ -143,6 +158,7 @@ class Agent:
                 pid=run.process.pid,
                 argv=run.argv,
                 workdir=str(workdir),
+                inputs=staged,
             ),
         )
         task = asyncio.create_task(self._watch(run), name=f"run-{event.experiment_id}")
@@ -228,3 +244,4 @@ class Agent:
         # Send what is spooled while NATS is there; the rest waits on disk for the next start.
         await self.spool.drained(3.0)
         await self.spool.stop()
+        await self.http.aclose()

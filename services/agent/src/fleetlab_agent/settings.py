@@ -38,6 +38,9 @@ class AgentOptions(BaseModel):
     batch_delay_s: float = 0.05
     # What waits on disk for NATS at most; a full spool makes runs wait, never drops.
     spool_max_mb: int = Field(default=1024, ge=1)
+    # The largest input one run may fetch (MachineLabs inputs).
+    max_input_mb: int = Field(default=10240, ge=1)
+    input_timeout_s: float = Field(default=300.0, gt=0)
 
     @field_validator("name")
     @classmethod

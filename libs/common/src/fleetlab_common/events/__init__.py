@@ -3,12 +3,17 @@
 from fleetlab_common.events.agent import (
     AgentHardware,
     AgentHeartbeat,
+    AgentLogAppended,
+    AgentLogLine,
     ExperimentFinished,
     ExperimentOutcome,
     ExperimentStarted,
     GpuInfo,
     LogLine,
     LogLinesAppended,
+    MetricPoint,
+    MetricsReported,
+    StagedInput,
 )
 from fleetlab_common.events.api import ExperimentStopRequested, ExperimentSubmitted
 from fleetlab_common.events.base import Event, utcnow
@@ -29,6 +34,8 @@ __all__ = [
     "STREAMS",
     "AgentHardware",
     "AgentHeartbeat",
+    "AgentLogAppended",
+    "AgentLogLine",
     "AgentOffline",
     "AgentOnline",
     "DeliveryFailed",
@@ -47,7 +54,10 @@ __all__ = [
     "GpuInfo",
     "LogLine",
     "LogLinesAppended",
+    "MetricPoint",
+    "MetricsReported",
     "Rpc",
+    "StagedInput",
     "publisher_of",
     "utcnow",
 ]

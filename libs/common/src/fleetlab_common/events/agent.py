@@ -50,6 +50,17 @@ class AgentHeartbeat(Event):
     started_at: datetime | None = None
 
 
+class StagedInput(BaseModel):
+    """An input fetched into ``inputs/<name>`` before the run started."""
+
+    name: str
+    url: str
+    sha256: str
+    size: int
+    # True when the agent had it already and did not fetch it again.
+    cached: bool = False
+
+
 class ExperimentStarted(Event):
     """The agent started the experiment's process."""
 
@@ -62,6 +73,7 @@ class ExperimentStarted(Event):
     pid: int
     argv: list[str]
     workdir: str
+    inputs: list[StagedInput] = Field(default_factory=list)
 
 
 class ExperimentFinished(Event):

@@ -20,6 +20,7 @@ from pydantic import (
 
 from fleetlab_common.runspec import (
     BooleanStyle,
+    Input,
     OptionStyle,
     OptionValue,
     Parameter,
@@ -138,6 +139,15 @@ def validate_options(
     return options, errors
 
 
+class Input(BaseModel):
+    """A MachineLabs input: fetched from ``url`` into ``inputs/<name>`` before the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+    url: str = Field(pattern=r"^https?://\S+$", max_length=4096)
+
+
 class RunFields(BaseModel):
     """A project's run spec, as JSON fields (the contract): how and where it runs."""
 
@@ -156,6 +166,20 @@ class RunFields(BaseModel):
         default_factory=list, max_length=32, description="every one must be on the agent"
     )
     resources: Resources = Field(default_factory=Resources)
+    inputs: list[Input] = Field(default_factory=list, max_length=100)
+    inputs: list[Input] = Field(
+        default_factory=list, max_length=100, description="MachineLabs: fetched into inputs/"
+    )
+    capacity: float | None = Field(
+        default=None, gt=0, le=1, description="FGLab/FGMachine: the fraction of a machine taken"
+    )
+    results: Text | None = Field(
+        default=None, description="FGMachine's results folder, relative to the working directory"
+    )
+    cwd: Text | None = Field(default=None, description="FGMachine's working directory")
+    image: Text | None = Field(
+        default=None, description="MachineLabs' dockerImageId (one of its known environments)"
+    )
 
     def run_spec(self) -> RunSpec:
         return RunSpec.model_validate(self.model_dump(include=set(RunSpec.model_fields)))
@@ -208,3 +232,28 @@ class Project(RunFields):
     schema_: dict[str, OptionSpec] = Field(alias="schema", serialization_alias="schema")
     created_at: datetime
     updated_at: datetime
+
+
+class ProjectUpdate(BaseModel):
+    """``PATCH /api/v1/projects/{id}``: the fields given replace the project's; the result is
+    checked as a whole, as on creation. Experiments already submitted keep the options and
+    run spec they were submitted with."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    command: list[str] | None = None
+    option_style: OptionStyle | None = None
+    boolean: BooleanStyle | None = None
+    parameters: list[dict[str, Any]] | None = None
+    env: dict[str, Any] | None = None
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    labels: list[str] | None = None
+    resources: dict[str, Any] | None = None
+    inputs: list[dict[str, Any]] | None = None
+    capacity: float | None = None
+    results: str | None = None
+    cwd: str | None = None
+    image: str | None = None
