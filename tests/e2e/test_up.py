@@ -125,6 +125,12 @@ def train_py(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 print(f"epoch {epoch} loss {1 / (epoch + 1):.3f}")
             print("a warning on stderr", file=sys.stderr)
             mode = os.environ.get("MODE", "")
+            if mode == "outputs":
+                out = os.environ["FLEETLAB_OUTPUTS_DIR"]
+                os.makedirs(os.path.join(out, "sub"))
+                open(os.path.join(out, "model.txt"), "w").write("weights " * 1000)
+                open(os.path.join(out, "sub", "scores.json"), "w").write('{"acc": 0.9}')
+                os.symlink("/etc/passwd", os.path.join(out, "leak"))
             if mode == "count":
                 for i in range(300):
                     print(f"line {i}", flush=True)
@@ -489,6 +495,26 @@ def test_a_restarted_scheduler_loses_nothing_and_runs_nothing_twice(
     assert sorted(e["id"] for e in records["items"]) == sorted(ids)
     assert {e["status"] for e in records["items"]} == {"succeeded"}
     assert all(starts.get(eid) == 1 for eid in ids), {k: v for k, v in starts.items() if v != 1}
+
+
+def test_outputs_are_uploaded_listed_and_downloaded(client: httpx.Client, train_py: Path) -> None:
+    create_project(client, "writer", ["python3", str(train_py)], env={"MODE": "outputs"})
+    experiment = submit(client, "writer")
+    assert wait_terminal(client, experiment["id"])["status"] == "succeeded"
+    listed = client.get(f"/api/v1/experiments/{experiment['id']}/artifacts").json()
+    by_name = {a["name"]: a for a in listed}
+    assert set(by_name) == {"model.txt", "sub/scores.json"}  # the symlink is not followed
+    assert by_name["model.txt"]["size"] == len("weights " * 1000)
+    assert by_name["model.txt"]["kind"] == "output"
+    r = client.get(
+        f"/api/v1/experiments/{experiment['id']}/artifacts/sub/scores.json", follow_redirects=True
+    )
+    assert r.status_code == 200 and r.content == b'{"acc": 0.9}'
+    import hashlib
+
+    assert by_name["sub/scores.json"]["sha256"] == hashlib.sha256(r.content).hexdigest()
+    missing = client.get(f"/api/v1/experiments/{experiment['id']}/artifacts/nope.bin")
+    assert missing.status_code == 404
 
 
 def test_sigterm_stops_everything_and_data_survives_a_restart(

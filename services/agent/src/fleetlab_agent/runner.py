@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from fleetlab_common.events import ExperimentOutcome, LogLine, utcnow
+from fleetlab_common.events import ExperimentOutcome, LogLine, OutputFile, utcnow
 from fleetlab_common.log import get_logger
 from fleetlab_common.runspec import OptionValue, RunSpec, build_argv
 
@@ -56,6 +56,8 @@ class RunResult:
     started: bool = True
     log_lines: int = 0
     started_at: datetime | None = None
+    outputs: list[OutputFile] = field(default_factory=list)
+    outputs_skipped: dict[str, str] = field(default_factory=dict)
 
 
 PublishLines = Callable[[list[LogLine]], Awaitable[None]]

@@ -14,6 +14,7 @@ from faststream.nats import NatsBroker
 from fleetlab_agent.hardware import detect_hardware
 from fleetlab_agent.inputs import InputCache, InputError
 from fleetlab_agent.metrics import tail_run
+from fleetlab_agent.outputs import upload_outputs
 from fleetlab_agent.projects import load_projects
 from fleetlab_agent.reaper import Reaper
 from fleetlab_agent.runner import LogBatcher, Run, RunResult
@@ -201,6 +202,9 @@ class Agent:
         await metrics.close()
         if run.process is not None:
             self.reaper.forget(run.process.pid)
+        result.outputs, result.outputs_skipped = await upload_outputs(
+            self.broker, self.http, run.experiment_id, run.attempt, run.workdir / "outputs"
+        )
         await self._finish(run, result)
         self.runs.pop(run.experiment_id, None)
         self._beat_now.set()
@@ -225,6 +229,8 @@ class Agent:
                 started=result.started,
                 started_at=result.started_at,
                 log_lines=result.log_lines,
+                outputs=result.outputs,
+                outputs_skipped=result.outputs_skipped,
             ),
         )
 

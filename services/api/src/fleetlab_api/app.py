@@ -10,12 +10,16 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 
-from fleetlab_api import artifacts, errors, handlers, health, pages
+from fleetlab_api import artifacts, auth, errors, fglab, handlers, health, outputs, pages
 from fleetlab_api.agents.endpoints import router as agents_router
 from fleetlab_api.experiments.endpoints import router as experiments_router
+from fleetlab_api.logs.endpoints import router as logs_router
+from fleetlab_api.metrics.endpoints import router as metrics_router
 from fleetlab_api.projects.endpoints import router as projects_router
 from fleetlab_api.settings import ApiSettings
 from fleetlab_api.state import State
+from fleetlab_api.tokens.endpoints import router as tokens_router
+from fleetlab_api.webhooks.endpoints import router as webhooks_router
 from fleetlab_common.artifacts import make_store
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
@@ -34,6 +38,7 @@ def build_service(settings: ApiSettings) -> tuple[DbService, State]:
     broker = make_broker(settings.nats, "api")
     state = State(settings, broker)
     handlers.register(broker, state)
+    outputs.register_rpc(broker, state)
 
     async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:
         state.pool = pool
@@ -70,6 +75,7 @@ async def migrate(settings: ApiSettings) -> list[str]:
 
 def create_app(settings: ApiSettings) -> FastAPI:
     """Build the API. Nothing connects until the lifespan starts."""
+    auth.check_bind(settings.host, settings.auth)
     service, state = build_service(settings)
 
     @asynccontextmanager
@@ -91,10 +97,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.fleetlab = state
+    app.add_middleware(auth.AuthMiddleware, state=state)
     errors.install(app)
     app.include_router(projects_router)
+    app.include_router(fglab.router)
     app.include_router(experiments_router)
+    app.include_router(logs_router)
+    app.include_router(metrics_router)
+    app.include_router(webhooks_router)
     app.include_router(agents_router)
+    app.include_router(outputs.router)
+    app.include_router(tokens_router)
     app.include_router(health.router)
     app.include_router(artifacts.router)
     app.include_router(pages.router)

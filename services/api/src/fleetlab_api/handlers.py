@@ -8,6 +8,7 @@ import structlog
 from faststream.nats import NatsBroker
 
 from fleetlab_api.experiments import repository as repo
+from fleetlab_api.outputs import record_outputs
 from fleetlab_api.state import State
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.db import Conn
@@ -57,10 +58,8 @@ def register(broker: NatsBroker, state: State) -> None:
 
     @event_subscriber(broker, ExperimentFinished, CONSUMER, nats)
     async def handle_experiment_finished(event: ExperimentFinished) -> None:
-        await apply(
-            event,
-            event.experiment_id,
-            lambda conn: repo.record_finished(
+        async def change(conn: Conn) -> None:
+            await repo.record_finished(
                 conn,
                 event.experiment_id,
                 event.attempt,
@@ -72,8 +71,11 @@ def register(broker: NatsBroker, state: State) -> None:
                 started_at=event.started_at,
                 finished_at=event.occurred_at,
                 log_lines=event.log_lines,
-            ),
-        )
+            )
+            if event.outputs:
+                await record_outputs(conn, event)
+
+        await apply(event, event.experiment_id, change)
 
     @event_subscriber(broker, ExperimentCancelled, CONSUMER, nats)
     async def handle_experiment_cancelled(event: ExperimentCancelled) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from fleetlab_api.auth import AuthSettings
 from fleetlab_common.settings import CommonSettings
 
 
@@ -15,3 +16,8 @@ class ApiSettings(CommonSettings):
     rpc_timeout_s: float = Field(default=3.0, gt=0)
     # Public base URL (for links and presigned local artifact URLs); derived when empty.
     public_url: str = ""
+    # Outputs an agent may upload when a run ends: per file, and per run in all.
+    max_output_mb: int = Field(default=5120, ge=1)
+    max_outputs_mb: int = Field(default=20480, ge=1)
+    # FLEETLAB_AUTH__ENABLED, FLEETLAB_AUTH__PASSWORD: see fleetlab_api.auth.
+    auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -13,6 +13,7 @@ from fleetlab_common.events.agent import (
     LogLinesAppended,
     MetricPoint,
     MetricsReported,
+    OutputFile,
     StagedInput,
 )
 from fleetlab_common.events.api import ExperimentStopRequested, ExperimentSubmitted
@@ -56,6 +57,7 @@ __all__ = [
     "LogLinesAppended",
     "MetricPoint",
     "MetricsReported",
+    "OutputFile",
     "Rpc",
     "StagedInput",
     "publisher_of",

@@ -61,6 +61,14 @@ class StagedInput(BaseModel):
     cached: bool = False
 
 
+class OutputFile(BaseModel):
+    """A file the run left under ``outputs/``, uploaded to the artifact store."""
+
+    name: str
+    size: int
+    sha256: str
+
+
 class ExperimentStarted(Event):
     """The agent started the experiment's process."""
 
@@ -92,6 +100,9 @@ class ExperimentFinished(Event):
     started_at: datetime | None = None
     # How many log lines the run produced (sequence numbers 1..log_lines).
     log_lines: int = 0
+    # Files under outputs/ uploaded when the run ended, and those that could not be, with why.
+    outputs: list[OutputFile] = Field(default_factory=list)
+    outputs_skipped: dict[str, str] = Field(default_factory=dict)
 
 
 class LogLine(BaseModel):

@@ -51,7 +51,7 @@ facts, and are not listed here."""
 _CONSUMERS: dict[str, tuple[str, ...]] = {
     "api.experiment.submitted": ("scheduler",),
     "api.experiment.stop_requested": ("scheduler",),
-    "scheduler.experiment.assigned": ("agent", "api"),
+    "scheduler.experiment.assigned": ("agent", "api", "logstream"),
     "scheduler.experiment.lost": ("api",),
     "scheduler.experiment.stop_ordered": ("agent",),
     "scheduler.experiment.cancelled": ("api",),
@@ -59,6 +59,8 @@ _CONSUMERS: dict[str, tuple[str, ...]] = {
     "agent.experiment.started": ("api", "scheduler"),
     "agent.experiment.finished": ("api", "logstream", "scheduler"),
     "agent.log.appended": ("logstream",),
+    "agent.agentlog.appended": ("logstream",),
+    "agent.metrics.reported": ("logstream",),
 }
 
 # The envelope every event shares; the catalog table lists only what each event adds.

@@ -71,6 +71,9 @@ class Rpc:
 
     LOG_LINES = "rpc.logstream.lines"
     AGENTS = "rpc.scheduler.agents"
+    # The agent asks the API for presigned upload URLs for a run's outputs (it holds no
+    # storage credential of its own).
+    PRESIGN_OUTPUTS = "rpc.api.outputs.presign"
     AGENT_DRAIN = "rpc.scheduler.agents.drain"
     AGENT_REMOVE = "rpc.scheduler.agents.remove"
     WHY_WAITING = "rpc.scheduler.why"
