@@ -1,0 +1,1 @@
+"""``/api/v1/webhooks``: the API side of the webhooks service (asked over NATS)."""
