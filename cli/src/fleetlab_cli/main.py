@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from fleetlab_cli import commands
+
 app = typer.Typer(
     help="Fleetlab: run machine-learning experiments on a fleet of machines.", no_args_is_help=True
 )
@@ -66,6 +68,9 @@ def agent(
         if value is not None:
             env[key] = value
     os.execve(sys.executable, [sys.executable, "-m", "fleetlab_agent"], env)  # noqa: S606
+
+
+commands.register(app)
 
 
 if __name__ == "__main__":

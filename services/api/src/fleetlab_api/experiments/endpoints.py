@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import InvalidError
+from fleetlab_api.experiments import export, listing, service
 from fleetlab_api.experiments import repository as repo
-from fleetlab_api.experiments import service
-from fleetlab_api.experiments.schemas import Experiment, ExperimentCreate, ExperimentPage, Status
+from fleetlab_api.experiments.schemas import (
+    Experiment,
+    ExperimentCreate,
+    ExperimentPage,
+    ExperimentUpdate,
+    Status,
+)
 from fleetlab_api.projects import service as projects
+from fleetlab_common.db import Conn
 
 router = APIRouter(prefix="/api/v1/experiments", tags=["experiments"])
 
@@ -25,31 +32,115 @@ async def submit_experiment(body: ExperimentCreate, conn: ConnDep, state: StateD
     return await service.submit(conn, state.outbox(), body)
 
 
+Filter = Annotated[str | None, Query(description="A project's id or name")]
+SortParam = Annotated[
+    str | None,
+    Query(
+        description="A field (created_at, name, status, …), options.<name> or "
+        "results._scores.<name>; '-' in front for descending. Default: newest first.",
+        examples=["-created_at", "options.lr", "-results._scores.accuracy"],
+    ),
+]
+
+
+async def _filters(
+    conn: Conn, project: str | None, sweep: str | None
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    project_id = (await projects.get(conn, project)).id if project else None
+    sweep_id = None
+    if sweep:
+        try:
+            sweep_id = uuid.UUID(sweep)
+        except ValueError:
+            raise InvalidError("invalid sweep id", {"sweep": "not a sweep id"}) from None
+    return project_id, sweep_id
+
+
 @router.get("", response_model=ExperimentPage)
 async def list_experiments(
     conn: ConnDep,
     state: StateDep,
-    project: str | None = None,
+    project: Filter = None,
     status: Status | None = None,
+    tag: str | None = None,
+    sweep: str | None = None,
+    sort: SortParam = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ExperimentPage:
-    """Experiments, newest first, ``limit`` at a time."""
-    project_id = (await projects.get(conn, project)).id if project else None
-    before = None
-    if cursor:
-        try:
-            before = uuid.UUID(cursor)
-        except ValueError:
-            raise InvalidError("invalid cursor", {"cursor": "not a cursor from `next`"}) from None
-    items = await repo.page(
-        conn, project_id=project_id, status=status, before=before, limit=limit + 1
+    """Experiments, filtered and sorted, ``limit`` at a time; pass ``next`` as ``cursor`` for
+    the following page (keyset paging: rows inserted meanwhile never shift a page)."""
+    order = listing.parse_sort(sort)
+    project_id, sweep_id = await _filters(conn, project, sweep)
+    after = listing.decode_cursor(order, cursor) if cursor else None
+    items = await repo.page_sorted(
+        conn,
+        project_id=project_id,
+        status=status,
+        tag=tag,
+        sweep_id=sweep_id,
+        sort=order,
+        after=after,
+        limit=limit + 1,
     )
     more = len(items) > limit
     items = items[:limit]
-    next_cursor = str(items[-1].id) if more else None
+    next_cursor = listing.encode_cursor(order, items[-1]) if more else None
     items = await service.explain_waiting(state.broker, items, state.settings.rpc_timeout_s)
     return ExperimentPage(items=items, next=next_cursor)
+
+
+EXPORT_LIMIT = 100_000
+
+
+@router.get(
+    "/export",
+    responses={
+        200: {
+            "description": "The experiments as CSV or JSON (an attachment)",
+            "content": {"text/csv": {}, "application/json": {}},
+        }
+    },
+)
+async def export_experiments(
+    conn: ConnDep,
+    format: Literal["csv", "json"] = "csv",
+    project: Filter = None,
+    status: Status | None = None,
+    tag: str | None = None,
+    sweep: str | None = None,
+    sort: SortParam = None,
+) -> Response:
+    """Every matching experiment (FGLab's table export), with the list's filters and sort:
+    CSV with a column per option and score, or a JSON array of records."""
+    order = listing.parse_sort(sort)
+    project_id, sweep_id = await _filters(conn, project, sweep)
+    items: list[Experiment] = []
+    after = None
+    while len(items) < EXPORT_LIMIT:
+        chunk = await repo.page_sorted(
+            conn,
+            project_id=project_id,
+            status=status,
+            tag=tag,
+            sweep_id=sweep_id,
+            sort=order,
+            after=after,
+            limit=1000,
+        )
+        items += chunk
+        if len(chunk) < 1000:
+            break
+        last = chunk[-1]
+        after = listing.decode_cursor(order, listing.encode_cursor(order, last))
+    name = f"experiments-{project}" if project else "experiments"
+    if format == "json":
+        body = json.dumps([e.model_dump(mode="json") for e in items])
+        media = "application/json"
+    else:
+        body, media = export.to_csv(items), "text/csv; charset=utf-8"
+    disposition = f'attachment; filename="{name}.{format}"'
+    return Response(body, media_type=media, headers={"Content-Disposition": disposition})
 
 
 class StopRequest(BaseModel):
@@ -84,28 +175,14 @@ async def get_experiment(ref: str, conn: ConnDep, state: StateDep) -> Experiment
     return (await service.explain_waiting(state.broker, [experiment], timeout))[0]
 
 
-@router.get("/{ref}/logs", response_class=PlainTextResponse)
-async def get_logs(
-    ref: str,
-    conn: ConnDep,
-    state: StateDep,
-    stream: Literal["stdout", "stderr"] | None = None,
-    from_seq: Annotated[int, Query(ge=1)] = 1,
-    to_seq: Annotated[int | None, Query(ge=1)] = None,
-    download: bool = False,
-) -> PlainTextResponse:
-    """The output of the latest attempt as text, every line in order."""
-    experiment = await service.get(conn, ref)
-    lines = await service.read_lines(
-        state.broker,
-        experiment,
-        stream=stream,
-        from_seq=from_seq,
-        to_seq=to_seq,
-        timeout_s=state.settings.rpc_timeout_s,
-    )
-    text = "".join(f"{ln.line}\n" for ln in lines)
-    headers = {"X-Log-Lines": str(len(lines))}
-    if download:
-        headers["Content-Disposition"] = f'attachment; filename="{experiment.id}.log"'
-    return PlainTextResponse(text, headers=headers)
+@router.patch("/{ref}", response_model=Experiment)
+async def update_experiment(ref: str, body: ExperimentUpdate, conn: ConnDep) -> Experiment:
+    """Rename an experiment or save its notes."""
+    return await service.update(conn, ref, body)
+
+
+@router.delete("/{ref}", status_code=204)
+async def delete_experiment(ref: str, conn: ConnDep) -> Response:
+    """Delete an experiment's record (409 while it is queued or running: stop it first)."""
+    await service.delete(conn, ref)
+    return Response(status_code=204)

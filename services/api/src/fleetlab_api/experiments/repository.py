@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from fleetlab_api.experiments.listing import Sort
 from fleetlab_api.experiments.schemas import Experiment
 from fleetlab_common.db import Conn
 
@@ -176,3 +177,60 @@ async def record_lost(
             reason,
             at,
         )
+
+
+async def page_sorted(
+    conn: Conn,
+    *,
+    project_id: uuid.UUID | None,
+    status: str | None,
+    tag: str | None,
+    sweep_id: uuid.UUID | None,
+    sort: Sort,
+    after: tuple[str, uuid.UUID] | None,
+    limit: int,
+) -> list[Experiment]:
+    """Filtered and sorted by ``sort`` then id, starting strictly after ``after`` (the last
+    row's key value, as text, and id): keyset paging, stable under inserts for every sort."""
+    args: list[Any] = [project_id, status, tag, sweep_id, limit]
+    expr = sort.expr
+    if sort.path is not None:
+        args.append(sort.path)
+        expr = expr.replace("$PATH", f"${len(args)}")
+    direction = "DESC" if sort.descending else "ASC"
+    keyset = "TRUE"
+    if after is not None:
+        args += [after[0], after[1]]
+        value, last_id = f"${len(args) - 1}::text::{sort.sql_type}", f"${len(args)}::uuid"
+        keyset = f"({expr}, e.id) {'<' if sort.descending else '>'} ({value}, {last_id})"
+    rows = await conn.fetch(
+        f"""{_SELECT}
+            WHERE ($1::uuid IS NULL OR e.project_id = $1)
+              AND ($2::text IS NULL OR e.status = $2)
+              AND ($3::text IS NULL OR $3 = ANY(e.tags))
+              AND ($4::uuid IS NULL OR e.sweep_id = $4)
+              AND {keyset}
+            ORDER BY {expr} {direction}, e.id {direction} LIMIT $5""",
+        *args,
+    )
+    return [_to_experiment(r) for r in rows]
+
+
+async def update_fields(
+    conn: Conn, experiment_id: uuid.UUID, fields: dict[str, Any]
+) -> Experiment | None:
+    """Set ``name`` and/or ``notes`` (the only fields a user edits)."""
+    columns = [c for c in ("name", "notes") if c in fields]
+    if columns:
+        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+        await conn.execute(
+            f"UPDATE experiments SET {sets} WHERE id = $1",
+            experiment_id,
+            *[fields[c] for c in columns],
+        )
+    return await get(conn, experiment_id)
+
+
+async def delete(conn: Conn, experiment_id: uuid.UUID) -> bool:
+    done = await conn.execute("DELETE FROM experiments WHERE id = $1", experiment_id)
+    return bool(done.endswith(" 1"))

@@ -57,3 +57,12 @@ class ExperimentPage(BaseModel):
 
     items: list[Experiment]
     next: str | None
+
+
+class ExperimentUpdate(BaseModel):
+    """``PATCH /api/v1/experiments/{id}``: rename, or save notes (the dashboard autosaves)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text | None = Field(default=None, max_length=200)
+    notes: Text | None = Field(default=None, max_length=100_000)

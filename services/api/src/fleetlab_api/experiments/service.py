@@ -9,7 +9,12 @@ from nats.errors import NoRespondersError
 
 from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
-from fleetlab_api.experiments.schemas import TERMINAL, Experiment, ExperimentCreate
+from fleetlab_api.experiments.schemas import (
+    TERMINAL,
+    Experiment,
+    ExperimentCreate,
+    ExperimentUpdate,
+)
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.projects.schemas import validate_options
 from fleetlab_common.db import Conn
@@ -106,6 +111,7 @@ async def explain_waiting(
         reasons = answer.get("reasons", {}) if isinstance(answer, dict) else {}
     except Exception:  # the scheduler is away: no reason is better than no record
         return experiments
+
     def explained(e: Experiment) -> Experiment:
         why = reasons.get(str(e.id))
         if not why:
@@ -166,3 +172,32 @@ async def read_lines(
         lines += [LogLine.model_validate(ln) for ln in page["lines"]]
         next_seq = page.get("next_seq")
     return lines
+
+
+async def update(conn: Conn, ref: str, body: ExperimentUpdate) -> Experiment:
+    """Set the name and/or the notes given; ``"name": null`` clears the name."""
+    experiment = await get(conn, ref)
+    fields = body.model_dump(exclude_unset=True)
+    if fields.get("notes", "") is None:
+        raise InvalidError("notes cannot be null", {"notes": "a string; empty to clear"})
+    updated = await repo.update_fields(conn, experiment.id, fields)
+    if updated is None:
+        raise NotFoundError("experiment", ref)
+    return updated
+
+
+async def delete(conn: Conn, ref: str) -> None:
+    """Delete an experiment's record; 409 while it is queued or running (stop it first).
+
+    Its stored log lines and artifacts are owned by logstream and the artifact store, which
+    offer no deletion yet: they stay until those services expire them.
+    """
+    experiment = await get(conn, ref)
+    if experiment.status not in TERMINAL:
+        raise ConflictError(
+            f"experiment {experiment.id} is {experiment.status}: stop it before deleting it",
+            {"status": experiment.status},
+        )
+    if not await repo.delete(conn, experiment.id):
+        raise NotFoundError("experiment", ref)
+    log.info("experiment.deleted", experiment_id=str(experiment.id))

@@ -139,15 +139,6 @@ def validate_options(
     return options, errors
 
 
-class Input(BaseModel):
-    """A MachineLabs input: fetched from ``url`` into ``inputs/<name>`` before the run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
-    url: str = Field(pattern=r"^https?://\S+$", max_length=4096)
-
-
 class RunFields(BaseModel):
     """A project's run spec, as JSON fields (the contract): how and where it runs."""
 
@@ -167,9 +158,6 @@ class RunFields(BaseModel):
     )
     resources: Resources = Field(default_factory=Resources)
     inputs: list[Input] = Field(default_factory=list, max_length=100)
-    inputs: list[Input] = Field(
-        default_factory=list, max_length=100, description="MachineLabs: fetched into inputs/"
-    )
     capacity: float | None = Field(
         default=None, gt=0, le=1, description="FGLab/FGMachine: the fraction of a machine taken"
     )

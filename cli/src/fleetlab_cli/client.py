@@ -1,0 +1,388 @@
+"""The Python SDK: :class:`Client` (sync) and :class:`AsyncClient` over Fleetlab's REST API.
+
+>>> from fleetlab_cli import Client
+>>> with Client() as fl:                      # FLEETLAB_API_URL, stack.json or 127.0.0.1:5080
+...     e = fl.submit("hello", {"lr": 0.5})
+...     fl.experiment(e["id"])["status"]
+
+Records are the API's JSON (``dict``); every error is an :class:`ApiError` carrying the
+status and the API's ``{"error", "fields"}`` body.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:5080"
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    """The API refused (4xx/5xx), with its message and the fields at fault."""
+
+    def __init__(self, status: int, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.fields = fields or {}
+
+
+def default_url() -> str:
+    """``FLEETLAB_API_URL``, else the ``api_url`` of ``$FLEETLAB_HOME/stack.json`` (what
+    ``fleetlab up`` writes), else http://127.0.0.1:5080."""
+    env = os.environ.get("FLEETLAB_API_URL")
+    if env:
+        return env
+    stack = Path(os.environ.get("FLEETLAB_HOME", ".fleetlab")) / "stack.json"
+    try:
+        url = json.loads(stack.read_text()).get("api_url")
+    except (OSError, ValueError, AttributeError):
+        url = None
+    return url if isinstance(url, str) and url else DEFAULT_URL
+
+
+@dataclass
+class Call:
+    """One request, built once and sent by either client."""
+
+    method: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    json: Any = None
+    files: dict[str, tuple[str, bytes]] | None = None
+    data: dict[str, str] | None = None
+    raw: bool = False  # the body as text, not JSON
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        message = str(body.get("error", response.text))
+        fields = body.get("fields") or {}
+    except (ValueError, AttributeError):
+        message, fields = response.text or response.reason_phrase, {}
+    raise ApiError(response.status_code, message, fields)
+
+
+def _result(call: Call, response: httpx.Response) -> Any:
+    _check(response)
+    if call.raw:
+        return response.text
+    if response.status_code == 204 or not response.content:
+        return None
+    return response.json()
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    token = token or os.environ.get("FLEETLAB_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class _Calls:
+    """The API's routes as :class:`Call` s (shared by both clients)."""
+
+    @staticmethod
+    def projects() -> Call:
+        return Call("GET", "/api/v1/projects")
+
+    @staticmethod
+    def project(ref: str) -> Call:
+        return Call("GET", f"/api/v1/projects/{ref}")
+
+    @staticmethod
+    def create_project(body: Json) -> Call:
+        return Call("POST", "/api/v1/projects", json=body)
+
+    @staticmethod
+    def update_project(ref: str, changes: Json) -> Call:
+        return Call("PATCH", f"/api/v1/projects/{ref}", json=changes)
+
+    @staticmethod
+    def delete_project(ref: str, force: bool) -> Call:
+        return Call("DELETE", f"/api/v1/projects/{ref}", params={"force": str(force).lower()})
+
+    @staticmethod
+    def import_project(path: Path, fmt: str | None, name: str | None) -> Call:
+        data = {k: v for k, v in (("format", fmt), ("name", name)) if v}
+        files = {"file": (path.name, path.read_bytes())}
+        return Call("POST", "/api/v1/projects/import", files=files, data=data)
+
+    @staticmethod
+    def submit(project: str, options: Json, name: str | None, tags: list[str]) -> Call:
+        body: Json = {"project": project, "options": options, "tags": tags}
+        if name:
+            body["name"] = name
+        return Call("POST", "/api/v1/experiments", json=body)
+
+    @staticmethod
+    def experiments(filters: dict[str, Any]) -> Call:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return Call("GET", "/api/v1/experiments", params=params)
+
+    @staticmethod
+    def experiment(ref: str) -> Call:
+        return Call("GET", f"/api/v1/experiments/{ref}")
+
+    @staticmethod
+    def update_experiment(ref: str, changes: Json) -> Call:
+        return Call("PATCH", f"/api/v1/experiments/{ref}", json=changes)
+
+    @staticmethod
+    def delete_experiment(ref: str) -> Call:
+        return Call("DELETE", f"/api/v1/experiments/{ref}")
+
+    @staticmethod
+    def stop(ref: str, reason: str | None) -> Call:
+        return Call(
+            "POST", f"/api/v1/experiments/{ref}/stop", json={"reason": reason} if reason else None
+        )
+
+    @staticmethod
+    def restart(ref: str) -> Call:
+        return Call("POST", f"/api/v1/experiments/{ref}/restart")
+
+    @staticmethod
+    def logs(ref: str, from_seq: int) -> Call:
+        return Call(
+            "GET", f"/api/v1/experiments/{ref}/logs", params={"from_seq": from_seq}, raw=True
+        )
+
+    @staticmethod
+    def agents() -> Call:
+        return Call("GET", "/api/v1/agents")
+
+    @staticmethod
+    def tokens() -> Call:
+        return Call("GET", "/api/v1/tokens")
+
+    @staticmethod
+    def create_token(name: str) -> Call:
+        return Call("POST", "/api/v1/tokens", json={"name": name})
+
+    @staticmethod
+    def revoke_token(ref: str) -> Call:
+        return Call("DELETE", f"/api/v1/tokens/{ref}")
+
+
+class Client:
+    """Synchronous client. ``url`` and ``token`` default to ``FLEETLAB_API_URL`` (or
+    ``stack.json``) and ``FLEETLAB_TOKEN``."""
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30
+    ) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=_headers(token), timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call) -> Any:
+        response = self._http.request(
+            call.method,
+            call.path,
+            params=call.params,
+            json=call.json,
+            files=call.files,
+            data=call.data,
+        )
+        return _result(call, response)
+
+    def projects(self) -> list[Json]:
+        result: list[Json] = self._send(_Calls.projects())
+        return result
+
+    def project(self, ref: str) -> Json:
+        result: Json = self._send(_Calls.project(ref))
+        return result
+
+    def create_project(self, **body: Any) -> Json:
+        result: Json = self._send(_Calls.create_project(body))
+        return result
+
+    def update_project(self, ref: str, **changes: Any) -> Json:
+        result: Json = self._send(_Calls.update_project(ref, changes))
+        return result
+
+    def delete_project(self, ref: str, *, force: bool = False) -> None:
+        self._send(_Calls.delete_project(ref, force))
+
+    def import_project(
+        self, path: Path, *, format: str | None = None, name: str | None = None
+    ) -> list[Json]:
+        result: list[Json] = self._send(_Calls.import_project(path, format, name))
+        return result
+
+    def submit(
+        self,
+        project: str,
+        options: Json | None = None,
+        *,
+        name: str | None = None,
+        tags: list[str] | None = None,
+    ) -> Json:
+        result: Json = self._send(_Calls.submit(project, options or {}, name, tags or []))
+        return result
+
+    def experiments(self, **filters: Any) -> Json:
+        """One page: ``{"items", "next"}`` (filters: project, status, tag, sweep, sort,
+        cursor, limit)."""
+        result: Json = self._send(_Calls.experiments(filters))
+        return result
+
+    def iter_experiments(self, **filters: Any) -> Iterator[Json]:
+        """Every matching experiment, page after page."""
+        cursor = None
+        while True:
+            page = self.experiments(**filters, cursor=cursor)
+            yield from page["items"]
+            cursor = page["next"]
+            if cursor is None:
+                return
+
+    def experiment(self, ref: str) -> Json:
+        result: Json = self._send(_Calls.experiment(ref))
+        return result
+
+    def update_experiment(self, ref: str, **changes: Any) -> Json:
+        result: Json = self._send(_Calls.update_experiment(ref, changes))
+        return result
+
+    def delete_experiment(self, ref: str) -> None:
+        self._send(_Calls.delete_experiment(ref))
+
+    def stop(self, ref: str, reason: str | None = None) -> Json:
+        result: Json = self._send(_Calls.stop(ref, reason))
+        return result
+
+    def restart(self, ref: str) -> Json:
+        result: Json = self._send(_Calls.restart(ref))
+        return result
+
+    def logs(self, ref: str, from_seq: int = 1) -> str:
+        result: str = self._send(_Calls.logs(ref, from_seq))
+        return result
+
+    def agents(self) -> list[Json]:
+        result: list[Json] = self._send(_Calls.agents())
+        return result
+
+    def tokens(self) -> list[Json]:
+        result: list[Json] = self._send(_Calls.tokens())
+        return result
+
+    def create_token(self, name: str) -> Json:
+        result: Json = self._send(_Calls.create_token(name))
+        return result
+
+    def revoke_token(self, ref: str) -> None:
+        self._send(_Calls.revoke_token(ref))
+
+
+class AsyncClient:
+    """The same API for asyncio."""
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30
+    ) -> None:
+        self.url = (url or default_url()).rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token), timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: Call) -> Any:
+        response = await self._http.request(
+            call.method,
+            call.path,
+            params=call.params,
+            json=call.json,
+            files=call.files,
+            data=call.data,
+        )
+        return _result(call, response)
+
+    async def projects(self) -> list[Json]:
+        result: list[Json] = await self._send(_Calls.projects())
+        return result
+
+    async def project(self, ref: str) -> Json:
+        result: Json = await self._send(_Calls.project(ref))
+        return result
+
+    async def create_project(self, **body: Any) -> Json:
+        result: Json = await self._send(_Calls.create_project(body))
+        return result
+
+    async def submit(
+        self,
+        project: str,
+        options: Json | None = None,
+        *,
+        name: str | None = None,
+        tags: list[str] | None = None,
+    ) -> Json:
+        result: Json = await self._send(_Calls.submit(project, options or {}, name, tags or []))
+        return result
+
+    async def experiments(self, **filters: Any) -> Json:
+        result: Json = await self._send(_Calls.experiments(filters))
+        return result
+
+    async def iter_experiments(self, **filters: Any) -> AsyncIterator[Json]:
+        cursor = None
+        while True:
+            page = await self.experiments(**filters, cursor=cursor)
+            for item in page["items"]:
+                yield item
+            cursor = page["next"]
+            if cursor is None:
+                return
+
+    async def experiment(self, ref: str) -> Json:
+        result: Json = await self._send(_Calls.experiment(ref))
+        return result
+
+    async def update_experiment(self, ref: str, **changes: Any) -> Json:
+        result: Json = await self._send(_Calls.update_experiment(ref, changes))
+        return result
+
+    async def delete_experiment(self, ref: str) -> None:
+        await self._send(_Calls.delete_experiment(ref))
+
+    async def stop(self, ref: str, reason: str | None = None) -> Json:
+        result: Json = await self._send(_Calls.stop(ref, reason))
+        return result
+
+    async def restart(self, ref: str) -> Json:
+        result: Json = await self._send(_Calls.restart(ref))
+        return result
+
+    async def logs(self, ref: str, from_seq: int = 1) -> str:
+        result: str = await self._send(_Calls.logs(ref, from_seq))
+        return result
+
+    async def agents(self) -> list[Json]:
+        result: list[Json] = await self._send(_Calls.agents())
+        return result

@@ -1,0 +1,1 @@
+"""Experiments' output (stored, and followed live) and agents' own logs."""

@@ -1,0 +1,1 @@
+"""Experiments' metrics: posted points, series (downsampled or whole), measurements."""

@@ -1,0 +1,1 @@
+"""API tokens: made once, shown once, stored as a SHA-256 hash."""
