@@ -49,15 +49,17 @@ facts, and are not listed here."""
 # Who subscribes to what. This documents the services (and feeds docs/architecture.md and the
 # channel descriptions); each service declares its own subscribers.
 _CONSUMERS: dict[str, tuple[str, ...]] = {
-    "api.experiment.submitted": ("scheduler",),
+    "api.experiment.submitted": ("scheduler", "webhooks"),
     "api.experiment.stop_requested": ("scheduler",),
     "scheduler.experiment.assigned": ("agent", "api", "logstream"),
-    "scheduler.experiment.lost": ("api",),
+    "scheduler.experiment.lost": ("api", "webhooks"),
+    "scheduler.agent.online": ("webhooks",),
+    "scheduler.agent.offline": ("webhooks",),
     "scheduler.experiment.stop_ordered": ("agent",),
-    "scheduler.experiment.cancelled": ("api",),
+    "scheduler.experiment.cancelled": ("api", "webhooks"),
     "agent.heartbeat": ("scheduler",),
-    "agent.experiment.started": ("api", "scheduler"),
-    "agent.experiment.finished": ("api", "logstream", "scheduler"),
+    "agent.experiment.started": ("api", "scheduler", "webhooks"),
+    "agent.experiment.finished": ("api", "logstream", "scheduler", "webhooks"),
     "agent.log.appended": ("logstream",),
     "agent.agentlog.appended": ("logstream",),
     "agent.metrics.reported": ("logstream",),
@@ -84,17 +86,9 @@ _HEADERS_SCHEMA: dict[str, Any] = {
 }
 
 
-def is_public(cls: type[Event]) -> bool:
-    """Whether webhooks deliver ``cls``: every stored event but the webhooks' own (a loop)."""
-    return cls.STREAM is not None and publisher_of(cls) != "webhooks"
-
-
 def consumers_of(cls: type[Event]) -> list[str]:
     """The services that consume ``cls``, sorted."""
-    consumers = set(_CONSUMERS.get(cls.event_type(), ()))
-    if is_public(cls):
-        consumers.add("webhooks")
-    return sorted(consumers)
+    return sorted(_CONSUMERS.get(cls.event_type(), ()))
 
 
 def subject_template(cls: type[Event]) -> str:
