@@ -18,6 +18,7 @@ from fleetlab_common.events import (
     AgentOnline,
     DeliveryFailed,
     DeliverySucceeded,
+    EndpointPaused,
     Event,
     ExperimentAssigned,
     ExperimentCancelled,
@@ -29,6 +30,12 @@ from fleetlab_common.events import (
     ExperimentSubmitted,
     LogLine,
     LogLinesAppended,
+)
+from fleetlab_common.events.agent import (
+    AgentLogAppended,
+    AgentLogLine,
+    MetricPoint,
+    MetricsReported,
 )
 from fleetlab_common.events.asyncapi import asyncapi_document, catalog_table, main
 from fleetlab_common.runspec import RunSpec
@@ -91,6 +98,17 @@ def sample(cls: type[Event]) -> Event:
                 LogLine(seq=2, stream="stderr", ts=NOW, line="warning: ünïcode"),
             ],
         ),
+        AgentLogAppended: AgentLogAppended(
+            agent_id="gpu-01",
+            instance_id=INSTANCE,
+            lines=[AgentLogLine(ts=NOW, level="info", line='{"event": "agent.ready"}')],
+        ),
+        MetricsReported: MetricsReported(
+            experiment_id=EXPERIMENT,
+            agent_id="gpu-01",
+            points=[MetricPoint(name="loss", value=0.21, step=3, ts=NOW)],
+            scores={"accuracy": 0.93},
+        ),
         DeliverySucceeded: DeliverySucceeded(
             delivery_id=uuid.uuid4(),
             endpoint_id=uuid.uuid4(),
@@ -107,6 +125,12 @@ def sample(cls: type[Event]) -> Event:
             attempt=3,
             error="connection refused",
             final=True,
+        ),
+        EndpointPaused: EndpointPaused(
+            endpoint_id=uuid.uuid4(),
+            url="https://hooks.example.com/fleetlab",
+            cause="gone",
+            reason="the endpoint answered 410 Gone",
         ),
     }
     if cls not in samples:

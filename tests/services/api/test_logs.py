@@ -272,6 +272,7 @@ async def test_resume_across_a_logstream_restart(
         if logstream.service is None:
             await logstream.start()
 
+    await stored(nc, eid, 1600)
     whole = await http.get(f"/api/v1/experiments/{eid}/logs")
     assert whole.status_code == 200
     assert whole.text.splitlines() == [f"line {n}" for n in range(1, 1601)]

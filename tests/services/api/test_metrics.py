@@ -180,6 +180,7 @@ async def agent(nats_url: str, tmp_path: Path, logstream: Logstream) -> AsyncIte
     agent = Agent(settings, broker)
     agent_handlers.register(broker, agent)
     await broker.start()
+    agent.spool.start()
     try:
         yield agent
     finally:

@@ -197,7 +197,7 @@ class Agent:
         batcher = LogBatcher(
             publish_lines, self.settings.agent.batch_lines, self.settings.agent.batch_delay_s
         )
-        metrics = tail_run(self.broker, self.name, run)
+        metrics = tail_run(self.spool.put, self.name, run)
         result = await run.wait(batcher, self.settings.agent.stop_grace_s)
         await metrics.close()
         if run.process is not None:

@@ -1,13 +1,16 @@
-"""The logstream process: ASGI app with ``/healthz``, the broker, stored lines."""
+"""The logstream process: ASGI app with ``/healthz``, the broker, stored lines and metrics."""
 
 from __future__ import annotations
+
+import secrets
 
 import asyncpg
 from faststream.asgi import AsgiFastStream
 
+from fleetlab_common.artifacts import make_store
 from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
-from fleetlab_common.db.service import DbService
+from fleetlab_common.db.service import DbService, Loop
 from fleetlab_common.service import migrations_dir
 from fleetlab_logstream import handlers
 from fleetlab_logstream.service import Logstream
@@ -22,11 +25,30 @@ def build_service(settings: LogstreamSettings) -> tuple[DbService, State]:
     broker = make_broker(settings.nats, "logstream")
     state = State(settings)
     handlers.register(broker, state)
+    # Logstream only writes archives; it signs no URL, so a missing secret is no loss.
+    secret = settings.secret_key.get_secret_value().encode() or secrets.token_bytes(32)
+    store = make_store(settings, f"http://{settings.host}:{settings.port}", secret)
 
     async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:
-        state.logstream = Logstream(settings, pool)
+        state.logstream = Logstream(settings, pool, store)
 
-    service = DbService("logstream", settings, broker, SCHEMA, migrations_dir(__file__), build)
+    def loops() -> list[Loop]:
+        ls = state.get()
+        return [("log-archiver", ls.archive_loop), ("log-retention", ls.retention_loop)]
+
+    async def artifacts_health() -> dict[str, str]:
+        return {"artifacts": "ok" if await store.ping() else "down"}
+
+    service = DbService(
+        "logstream",
+        settings,
+        broker,
+        SCHEMA,
+        migrations_dir(__file__),
+        build,
+        loops=loops,
+        extra_health=artifacts_health,
+    )
     return service, state
 
 

@@ -1,33 +1,99 @@
-"""Logstream's logic: store line batches, answer queries (waiting for late batches)."""
+"""Logstream's logic: store line batches, answer queries (waiting for late batches), archive
+each finished run's log to the artifact store, apply retention, keep agents' own logs and
+every run's metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import tempfile
+import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from fleetlab_common.events import LogLine, LogLinesAppended
+from fleetlab_common.artifacts import ArtifactStore
+from fleetlab_common.db import Conn
+from fleetlab_common.db.inbox import first_delivery
+from fleetlab_common.events import (
+    AgentLogAppended,
+    ExperimentAssigned,
+    ExperimentFinished,
+    LogLine,
+    LogLinesAppended,
+    MetricPoint,
+    MetricsReported,
+    utcnow,
+)
+from fleetlab_common.log import get_logger
 from fleetlab_logstream import repository as repo
-from fleetlab_logstream.schemas import LinesPage, LinesQuery
+from fleetlab_logstream.lttb import lttb
+from fleetlab_logstream.schemas import (
+    AgentLogEntry,
+    AgentLogPage,
+    AgentLogQuery,
+    LinesPage,
+    LinesQuery,
+    MetricsIngest,
+    MetricsPage,
+    MetricsQuery,
+    MetricSummary,
+    RawPoint,
+    Series,
+    SeriesPoint,
+)
 from fleetlab_logstream.settings import LogstreamSettings
 
+log = get_logger(__name__)
+
+CONSUMER = "logstream"
 # Bytes of a page's JSON around its lines: {"attempt":…,"lines":[…],"stored":…,"next_seq":…}.
-_PAGE_OVERHEAD = 128
+_PAGE_OVERHEAD = 160
+# Lines read from the database at a time when writing a run's archive.
+_ARCHIVE_PAGE = 10_000
+
+
+def archive_key(experiment_id: uuid.UUID, attempt: int) -> str:
+    """Where a run's full log lives in the artifact store: one JSON object per line."""
+    return f"logs/{experiment_id}/{attempt}.jsonl"
+
+
+def summarise(points: list[MetricPoint]) -> list[tuple[Any, ...]]:
+    """Per metric name in a batch: (name, last, last_step, last_ts, min, max, count)."""
+    acc: dict[str, list[Any]] = {}
+    for p in points:
+        row = acc.get(p.name)
+        if row is None:
+            acc[p.name] = [p.name, p.value, p.step, p.ts, p.value, p.value, 1]
+            continue
+        row[1], row[2], row[3] = p.value, p.step, p.ts
+        row[4] = min(row[4], p.value)
+        row[5] = max(row[5], p.value)
+        row[6] += 1
+    return [tuple(r) for r in acc.values()]
 
 
 @dataclass
 class Logstream:
     settings: LogstreamSettings
     pool: asyncpg.Pool
+    store: ArtifactStore | None = None
     _stored: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _archive_wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- output lines ----------------------------------------------------------------------
 
     async def on_lines(self, batch: LogLinesAppended) -> None:
         async with self.pool.acquire() as conn:
             await repo.insert_lines(conn, batch)
         async with self._stored:
             self._stored.notify_all()
+        # A finished run waiting for its last lines may now be complete.
+        self._archive_wake.set()
 
     async def _wait_for(self, query: LinesQuery, attempt: int | None) -> int | None:
         """Wait until ``min_count`` lines of the attempt are stored, or ``wait_s`` passes."""
@@ -47,6 +113,7 @@ class Logstream:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return attempt
+            # Another replica may store the batch: its wake-up never reaches this process.
             async with self._stored:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stored.wait(), min(remaining, 0.25))
@@ -56,7 +123,9 @@ class Logstream:
         if attempt is None:
             return LinesPage(attempt=None, lines=[], stored=0)
         async with self.pool.acquire() as conn:
-            stored = await repo.count_lines(conn, query.experiment_id, attempt)
+            run = await repo.get_run(conn, query.experiment_id, attempt)
+            stored = int(run["stored"]) if run else 0
+            last_seq = int(run["last_seq"]) if run else 0
             rows = await repo.fetch_lines(
                 conn,
                 query.experiment_id,
@@ -83,4 +152,232 @@ class Logstream:
             lines=lines,
             stored=stored,
             next_seq=lines[-1].seq + 1 if more and lines else None,
+            last_seq=last_seq,
         )
+
+    # -- run ends: archive -----------------------------------------------------------------
+
+    async def on_finished(self, event: ExperimentFinished) -> None:
+        async with self.pool.acquire() as conn:
+            await repo.record_finished(
+                conn,
+                event.experiment_id,
+                event.attempt,
+                event.status,
+                event.log_lines,
+                event.occurred_at,
+            )
+        self._archive_wake.set()
+
+    async def on_assigned(self, event: ExperimentAssigned) -> None:
+        async with self.pool.acquire() as conn:
+            await repo.record_project(conn, event.experiment_id, event.project)
+
+    async def archive_pending(self) -> int:
+        """Archive every finished run whose log is complete (or waited ``archive_wait_s``)."""
+        if self.store is None:
+            return 0
+        gave_up = utcnow() - timedelta(seconds=self.settings.archive_wait_s)
+        done = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                runs = await repo.runs_to_archive(conn, gave_up, 20)
+            for run in runs:
+                complete = run["stored"] >= (run["log_lines"] or 0)
+                await self.archive(run["experiment_id"], run["attempt"], complete=complete)
+                done += 1
+            if len(runs) < 20:
+                return done
+
+    async def archive(self, experiment_id: uuid.UUID, attempt: int, *, complete: bool) -> str:
+        """Write the run's whole log to the artifact store; returns its key."""
+        assert self.store is not None
+        key = archive_key(experiment_id, attempt)
+        with tempfile.TemporaryDirectory(prefix="fleetlab-archive-") as tmp:
+            path = Path(tmp) / "log.jsonl"
+            count = 0
+            with path.open("w", encoding="utf-8") as out:
+                next_seq = 1
+                while True:
+                    async with self.pool.acquire() as conn:
+                        rows = await repo.fetch_lines(
+                            conn, experiment_id, attempt, next_seq, None, None, _ARCHIVE_PAGE
+                        )
+                    for r in rows:
+                        out.write(
+                            json.dumps(
+                                {
+                                    "seq": r["seq"],
+                                    "stream": r["stream"],
+                                    "ts": r["ts"].isoformat(),
+                                    "line": r["line"],
+                                },
+                                ensure_ascii=False,
+                            )
+                            + "\n"
+                        )
+                    count += len(rows)
+                    if len(rows) < _ARCHIVE_PAGE:
+                        break
+                    next_seq = rows[-1]["seq"] + 1
+            await self.store.put_file(key, path, "application/x-ndjson")
+        async with self.pool.acquire() as conn:
+            await repo.mark_archived(conn, experiment_id, attempt, key, complete)
+        if complete:
+            log.info("log.archived", experiment_id=str(experiment_id), attempt=attempt, lines=count)
+        else:
+            log.warning(
+                "log.archived_incomplete",
+                experiment_id=str(experiment_id),
+                attempt=attempt,
+                lines=count,
+            )
+        return key
+
+    async def archive_loop(self) -> None:
+        """Archive runs as they end (woken by their end), and sweep now and then."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._archive_wake.wait(), 5.0)
+            self._archive_wake.clear()
+            try:
+                await self.archive_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # storage away: the next sweep tries again
+                log.warning("log.archive_failed", error=repr(exc))
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def apply_retention(self) -> int:
+        """Drop the logs of finished runs past their project's age or size bound."""
+        now = utcnow()
+        async with self.pool.acquire() as conn:
+            runs = await repo.finished_runs_by_age(conn)
+        expired = 0
+        for run in runs:
+            policy = self.settings.policy(run["project"])
+            too_old = policy.max_age_days is not None and run["finished_at"] < now - timedelta(
+                days=policy.max_age_days
+            )
+            too_big = policy.max_bytes is not None and run["kept_bytes"] > policy.max_bytes
+            if not (too_old or too_big):
+                continue
+            if run["archive_key"] and self.store is not None:
+                await self.store.delete(run["archive_key"])
+            async with self.pool.acquire() as conn, conn.transaction():
+                await repo.expire_run(conn, run["experiment_id"], run["attempt"])
+            expired += 1
+        async with self.pool.acquire() as conn:
+            await repo.prune_agent_lines(conn, self.settings.agent_log_lines)
+        if expired:
+            log.info("log.retention", expired_runs=expired)
+        return expired
+
+    async def retention_loop(self) -> None:
+        while True:
+            await self.apply_retention()
+            await asyncio.sleep(self.settings.retention_interval_s)
+
+    # -- agents' own logs ------------------------------------------------------------------
+
+    async def on_agent_log(self, batch: AgentLogAppended) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await first_delivery(conn, CONSUMER, batch):
+                await repo.insert_agent_lines(conn, batch.agent_id, batch.lines)
+
+    async def agent_log(self, query: AgentLogQuery) -> AgentLogPage:
+        async with self.pool.acquire() as conn:
+            rows = await repo.fetch_agent_lines(conn, query.agent_id, query.limit, query.before_id)
+        lines = [
+            AgentLogEntry(id=r["id"], ts=r["ts"], level=r["level"], line=r["line"]) for r in rows
+        ]
+        more = len(lines) == query.limit
+        return AgentLogPage(lines=lines, before_id=lines[0].id if more and lines else None)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    async def _store_metrics(
+        self,
+        conn: Conn,
+        experiment_id: uuid.UUID,
+        attempt: int,
+        points: list[MetricPoint],
+        scores: dict[str, float],
+    ) -> None:
+        if points:
+            await repo.copy_points(conn, experiment_id, attempt, points)
+            await repo.upsert_summary(conn, experiment_id, summarise(points))
+        if scores:
+            await repo.upsert_scores(conn, experiment_id, scores)
+
+    async def on_metrics(self, batch: MetricsReported) -> None:
+        """Store a batch once (the inbox drops a redelivery; COPY cannot skip duplicates)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await first_delivery(conn, CONSUMER, batch):
+                await self._store_metrics(
+                    conn, batch.experiment_id, batch.attempt, batch.points, batch.scores
+                )
+        if batch.skipped:
+            log.warning(
+                "metrics.malformed_lines",
+                experiment_id=str(batch.experiment_id),
+                skipped=batch.skipped,
+            )
+
+    async def ingest(self, request: MetricsIngest) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._store_metrics(
+                conn, request.experiment_id, request.attempt, request.points, request.scores
+            )
+        return len(request.points)
+
+    async def metrics(self, query: MetricsQuery) -> MetricsPage:
+        async with self.pool.acquire() as conn:
+            summary = [
+                MetricSummary(**dict(r))
+                for r in await repo.fetch_summary(conn, query.experiment_id)
+            ]
+            scores = await repo.fetch_scores(conn, query.experiment_id)
+            wanted = [s for s in summary if query.names is None or s.name in query.names]
+            if query.points == 0:
+                rows = await repo.fetch_points(
+                    conn, query.experiment_id, query.names, query.after_id, query.limit
+                )
+                raw = [
+                    RawPoint(
+                        **{
+                            **dict(r),
+                            "metadata": json.loads(r["metadata"]) if r["metadata"] else None,
+                        }
+                    )
+                    for r in rows
+                ]
+                return MetricsPage(
+                    raw=raw,
+                    next_after_id=raw[-1].id if len(raw) == query.limit else None,
+                    summary=wanted,
+                    scores=scores,
+                )
+            series: list[Series] = []
+            for s in wanted:
+                rows = await repo.fetch_series(conn, query.experiment_id, s.name)
+                total = len(rows)
+                if total > query.points:
+                    xs = [
+                        float(r["step"]) if r["step"] is not None else r["ts"].timestamp()
+                        for r in rows
+                    ]
+                    ys = [r["value"] for r in rows]
+                    rows = [rows[i] for i in lttb(xs, ys, query.points)]
+                series.append(
+                    Series(
+                        name=s.name,
+                        points=[
+                            SeriesPoint(step=r["step"], value=r["value"], ts=r["ts"]) for r in rows
+                        ],
+                        total=total,
+                        downsampled=total > query.points,
+                    )
+                )
+        return MetricsPage(series=series, summary=wanted, scores=scores)
