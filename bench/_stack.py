@@ -87,8 +87,12 @@ def percentile(values: list[float], q: float) -> float:
 def record(name: str, results: dict[str, Any], table: str) -> None:
     """Write bench/results/<name>.json and replace this benchmark's section of the doc."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "machine": machine(), "measured_at": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **results}
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **results,
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"

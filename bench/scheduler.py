@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import nats
 import psutil
-
 from _stack import FLEETLAB, percentile, record, stack
+
 from fleetlab_common.embedded import EmbeddedPostgres, stop_process
 from fleetlab_common.events import AgentHardware, AgentHeartbeat, ExperimentSubmitted
 from fleetlab_common.runspec import RunSpec
@@ -131,8 +131,11 @@ def run_with_stack(kind: str) -> dict[str, Any]:
                 [FLEETLAB, "agent", "--nats", nats_url, "--name", f"bench-{i}", "--slots", "4"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env={"FLEETLAB_HOME": str(Path(tempfile.mkdtemp())), "PATH": "/usr/bin:/bin",
-                     "FLEETLAB_LOG_LEVEL": "WARNING"},
+                env={
+                    "FLEETLAB_HOME": str(Path(tempfile.mkdtemp())),
+                    "PATH": "/usr/bin:/bin",
+                    "FLEETLAB_LOG_LEVEL": "WARNING",
+                },
             )
             for i in range(3)
         ]

@@ -78,8 +78,7 @@ async def test_inputs_are_fetched_once_and_checked(tmp_path: Path, server: str) 
     settings = AgentSettings(home=tmp_path, agent={"name": "inputs", "max_input_mb": 1})
     agent = Agent(settings, make_broker(settings.nats, "unused"))
     check = (
-        "import hashlib; "
-        "print(hashlib.sha256(open('inputs/d/data.csv', 'rb').read()).hexdigest())"
+        "import hashlib; print(hashlib.sha256(open('inputs/d/data.csv', 'rb').read()).hexdigest())"
     )
 
     def assigned(inputs: list[Input]) -> ExperimentAssigned:

@@ -120,6 +120,8 @@ def run_service(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # The sans-I/O implementation: the default one imports a deprecated websockets module.
+        ws="websockets-sansio",
     )
     server = uvicorn.Server(config)
     server.run()
