@@ -18,9 +18,13 @@ from fleetlab_common.broker import make_broker
 from fleetlab_common.events import ExperimentAssigned, ExperimentFinished, LogLine
 from fleetlab_common.runspec import RunSpec
 
-FIXTURES = (
-    Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "fgmachine" / "projects"
+# shared/ stands beside the checkout (CI) or at /work/shared (the developers' machines).
+SHARED = next(
+    p
+    for p in (Path(__file__).resolve().parents[3].parent / "shared", Path("/work/shared"))
+    if (p / "fixtures").is_dir()
 )
+FIXTURES = SHARED / "fixtures" / "fgmachine" / "projects"
 
 
 @pytest.mark.parametrize(
