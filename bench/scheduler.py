@@ -29,7 +29,7 @@ import nats
 import psutil
 from _stack import FLEETLAB, percentile, record, stack
 
-from fleetlab_common.embedded import EmbeddedPostgres, stop_process
+from fleetlab_common.embedded import EmbeddedPostgres, free_port, stop_process
 from fleetlab_common.events import AgentHardware, AgentHeartbeat, ExperimentSubmitted
 from fleetlab_common.runspec import RunSpec
 
@@ -135,6 +135,8 @@ def run_with_stack(kind: str) -> dict[str, Any]:
                     "FLEETLAB_HOME": str(Path(tempfile.mkdtemp())),
                     "PATH": "/usr/bin:/bin",
                     "FLEETLAB_LOG_LEVEL": "WARNING",
+                    # Each agent serves its /healthz on a port of its own.
+                    "FLEETLAB_PORT": str(free_port()),
                 },
             )
             for i in range(3)
