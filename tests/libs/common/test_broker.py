@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import subprocess
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from fleetlab_common.broker import (
     publish_event,
     publish_event_reliably,
 )
-from fleetlab_common.embedded import free_port, start_nats, stop_process
+from fleetlab_common.embedded import free_port
 from fleetlab_common.events import (
     EVENTS,
     AgentHeartbeat,
@@ -34,6 +31,7 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.runspec import RunSpec
 from fleetlab_common.settings import NatsSettings
+from fleetlab_common.testing.plugin import RestartableNats as NatsServer
 
 
 def submitted() -> ExperimentSubmitted:
@@ -43,37 +41,6 @@ def submitted() -> ExperimentSubmitted:
         project="mnist",
         run=RunSpec(command=["true"]),
     )
-
-
-@dataclass
-class NatsServer:
-    """A nats-server of this test's own (the stream names are global on a shared one)."""
-
-    store: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.proc, _ = await asyncio.to_thread(start_nats, self.store, self.port)
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            await asyncio.to_thread(stop_process, self.proc)
-            self.proc = None
-
-
-@pytest.fixture
-async def own_nats(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", free_port())
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 # --- names --------------------------------------------------------------------------------------

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from fleetlab_common.db.inbox import first_delivery, prune_inbox
 from fleetlab_common.db.migrate import migrate
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.db.pool import create_pool
-from fleetlab_common.embedded import free_port, start_nats, stop_process
+from fleetlab_common.embedded import free_port
 from fleetlab_common.events import (
     STREAMS,
     AgentOnline,
@@ -36,6 +34,7 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.runspec import RunSpec
 from fleetlab_common.settings import NatsSettings
+from fleetlab_common.testing.plugin import RestartableNats as NatsServer
 
 SCHEMA = "svc"
 
@@ -59,41 +58,9 @@ def submitted() -> ExperimentSubmitted:
     )
 
 
-@dataclass
-class NatsServer:
-    """A nats-server of this test's own, which the test may stop and start again."""
-
-    store: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        # The same port and store directory each time: JetStream keeps its streams.
-        self.proc, _ = await asyncio.to_thread(start_nats, self.store, self.port)
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            await asyncio.to_thread(stop_process, self.proc)
-            self.proc = None
-
-
 @pytest.fixture
-async def nats(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", free_port())
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-def settings(nats: NatsServer) -> NatsSettings:
-    return NatsSettings(url=nats.url)
+def settings(own_nats: NatsServer) -> NatsSettings:
+    return NatsSettings(url=own_nats.url)
 
 
 @pytest.fixture
@@ -366,7 +333,7 @@ async def test_rows_wait_while_nats_is_unreachable_and_go_out_once_it_is_up(
 
 async def test_rows_survive_a_nats_restart_and_are_stored_once(
     pool: asyncpg.Pool,
-    nats: NatsServer,
+    own_nats: NatsServer,
     broker: NatsBroker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -388,7 +355,7 @@ async def test_rows_survive_a_nats_restart_and_are_stored_once(
 
         await eventually(first_out)
 
-        await nats.stop()
+        await own_nats.stop()
         monkeypatch.setattr(broker, "publish", spy)
         await commit(pool, *during)
         relay.kick()
@@ -396,7 +363,7 @@ async def test_rows_survive_a_nats_restart_and_are_stored_once(
         await asyncio.wait_for(attempted.wait(), 10)
         assert await outbox_rows(pool) == 2
 
-        await nats.start()
+        await own_nats.start()
 
         async def all_stored() -> bool:
             return await outbox_rows(pool) == 0

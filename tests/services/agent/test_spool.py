@@ -10,13 +10,12 @@ import uuid
 from pathlib import Path
 
 import nats
-import pytest
 
 from fleetlab_agent.spool import Spool
 from fleetlab_common.broker import ensure_streams, make_broker
-from fleetlab_common.embedded import free_port, start_nats, stop_process
 from fleetlab_common.events import LogLine, LogLinesAppended, utcnow
 from fleetlab_common.settings import NatsSettings
+from fleetlab_common.testing.plugin import RestartableNats
 
 
 def batch(experiment: uuid.UUID, seq: int) -> LogLinesAppended:
@@ -50,19 +49,10 @@ async def wait_stored(url: str, experiment: uuid.UUID, count: int) -> list[int]:
     return seqs
 
 
-@pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    port = free_port()
-    proc, url = start_nats(tmp_path / "js", port)
-    state = {"proc": proc, "url": url, "port": port, "dir": tmp_path / "js"}
-    yield state
-    stop_process(state["proc"])
-
-
 async def test_events_wait_on_disk_while_nats_is_away_and_go_in_order(
-    server: dict, tmp_path: Path
+    own_nats: RestartableNats, tmp_path: Path
 ) -> None:
-    settings = NatsSettings(url=server["url"])
+    settings = NatsSettings(url=own_nats.url)
     broker = make_broker(settings, "spool-test")
     await broker.start()
     await ensure_streams(broker.connection.jetstream(), settings)
@@ -74,13 +64,13 @@ async def test_events_wait_on_disk_while_nats_is_away_and_go_in_order(
             await spool.put(batch(experiment, seq))
         assert await spool.drained(10)
 
-        stop_process(server["proc"])  # NATS goes away mid-run
+        await own_nats.stop()  # NATS goes away mid-run
         for seq in range(51, 151):
             await spool.put(batch(experiment, seq))
         assert spool.size() > 0  # kept on disk meanwhile
 
-        server["proc"], _ = start_nats(server["dir"], server["port"])
-        seqs = await wait_stored(server["url"], experiment, 150)
+        await own_nats.start()
+        seqs = await wait_stored(own_nats.url, experiment, 150)
         assert seqs == list(range(1, 151))
     finally:
         await spool.stop()
@@ -88,34 +78,34 @@ async def test_events_wait_on_disk_while_nats_is_away_and_go_in_order(
 
 
 async def test_what_a_stopped_agent_left_unsent_goes_out_when_it_starts_again(
-    server: dict, tmp_path: Path
+    own_nats: RestartableNats, tmp_path: Path
 ) -> None:
-    settings = NatsSettings(url=server["url"])
+    settings = NatsSettings(url=own_nats.url)
     experiment = uuid.uuid4()
-    stop_process(server["proc"])
+    await own_nats.stop()
     first = Spool(tmp_path / "spool", make_broker(settings, "unused"))
     for seq in range(1, 21):
         await first.put(batch(experiment, seq))
     await first.stop()  # never sent anything: NATS was away the whole life of this agent
 
-    server["proc"], _ = start_nats(server["dir"], server["port"])
+    await own_nats.start()
     broker = make_broker(settings, "spool-test-2")
     await broker.start()
     await ensure_streams(broker.connection.jetstream(), settings)
     second = Spool(tmp_path / "spool", broker)
     second.start()
     try:
-        assert await wait_stored(server["url"], experiment, 20) == list(range(1, 21))
+        assert await wait_stored(own_nats.url, experiment, 20) == list(range(1, 21))
     finally:
         await second.stop()
         await broker.stop()
 
 
 async def test_a_full_spool_makes_writers_wait_instead_of_dropping(
-    server: dict, tmp_path: Path
+    own_nats: RestartableNats, tmp_path: Path
 ) -> None:
-    settings = NatsSettings(url=server["url"])
-    stop_process(server["proc"])
+    settings = NatsSettings(url=own_nats.url)
+    await own_nats.stop()
     spool = Spool(tmp_path / "spool", make_broker(settings, "unused"), max_bytes=2000)
     experiment = uuid.uuid4()
     written: list[int] = []

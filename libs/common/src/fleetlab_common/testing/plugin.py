@@ -11,11 +11,13 @@ already exist instead. Load it with ``pytest_plugins = ["fleetlab_common.testing
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,40 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_process(proc)
+
+
+@dataclass
+class RestartableNats:
+    """A nats-server of one test's own, which the test may stop and start again: the same port
+    and store each time, so JetStream keeps its streams (stream names are global on a shared
+    server, so tests that count stored messages use their own)."""
+
+    store: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.proc, _ = await asyncio.to_thread(start_nats, self.store, self.port)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await asyncio.to_thread(stop_process, self.proc)
+            self.proc = None
+
+
+@pytest.fixture
+async def own_nats(tmp_path: Path) -> AsyncIterator[RestartableNats]:
+    """A started :class:`RestartableNats` for one test."""
+    server = RestartableNats(tmp_path / "nats", free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture(scope="session")
