@@ -77,6 +77,15 @@ class RunSpec(BaseModel):
     labels: list[str] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
     inputs: list[Input] = Field(default_factory=list)
+    # FGLab/FGMachine: the fraction of a machine one experiment takes (0 < capacity <= 1).
+    capacity: float | None = None
+    # FGMachine's results folder, relative to the working directory: JSON files in it are
+    # merged into the experiment's results, every file is uploaded at the end.
+    results: str | None = None
+    # The content digest of a code snapshot (POST /api/v1/code) unpacked into the working dir.
+    code: str | None = None
+    # MLBench: processes started together, all or nothing, each with ``resources``.
+    workers: int = 1
 
 
 def _plain_value(value: OptionValue) -> str:

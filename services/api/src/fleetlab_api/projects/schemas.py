@@ -165,6 +165,18 @@ class RunFields(BaseModel):
         default=None, description="FGMachine's results folder, relative to the working directory"
     )
     cwd: Text | None = Field(default=None, description="FGMachine's working directory")
+    code: Text | None = Field(
+        default=None,
+        description="The default code snapshot (a digest from POST /api/v1/code) that "
+        "experiments run unless they name their own",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="MLBench: processes per experiment, placed all or nothing, each with "
+        "`resources`; they get RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT",
+    )
     image: Text | None = Field(
         default=None, description="MachineLabs' dockerImageId (one of its known environments)"
     )
@@ -244,4 +256,6 @@ class ProjectUpdate(BaseModel):
     capacity: float | None = None
     results: str | None = None
     cwd: str | None = None
+    code: str | None = None
+    workers: int | None = None
     image: str | None = None
