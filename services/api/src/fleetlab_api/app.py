@@ -10,7 +10,17 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 
-from fleetlab_api import artifacts, auth, errors, fglab, handlers, health, outputs, pages
+from fleetlab_api import (
+    artifacts,
+    auth,
+    errors,
+    fglab,
+    handlers,
+    health,
+    limits,
+    outputs,
+    pages,
+)
 from fleetlab_api.agents.endpoints import router as agents_router
 from fleetlab_api.experiments.endpoints import router as experiments_router
 from fleetlab_api.logs.endpoints import router as logs_router
@@ -97,6 +107,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.fleetlab = state
+    app.add_middleware(limits.BodyLimitMiddleware, state=state)
     app.add_middleware(auth.AuthMiddleware, state=state)
     errors.install(app)
     app.include_router(projects_router)

@@ -19,5 +19,8 @@ class ApiSettings(CommonSettings):
     # Outputs an agent may upload when a run ends: per file, and per run in all.
     max_output_mb: int = Field(default=5120, ge=1)
     max_outputs_mb: int = Field(default=20480, ge=1)
+    # Request bodies (see fleetlab_api.limits): every route, and metric batches.
+    max_body_mb: int = Field(default=16, ge=1)
+    max_metrics_body_mb: int = Field(default=1024, ge=1)
     # FLEETLAB_AUTH__ENABLED, FLEETLAB_AUTH__PASSWORD: see fleetlab_api.auth.
     auth: AuthSettings = Field(default_factory=AuthSettings)
