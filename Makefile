@@ -11,7 +11,7 @@ ifeq ($(UV),)
 UV := $(TOOLS)/bin/uv
 endif
 
-.PHONY: up test lint fmt bootstrap asyncapi clean
+.PHONY: up test lint fmt bootstrap asyncapi vendor clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,6 +27,7 @@ up: bootstrap
 	$(VENV)/bin/fleetlab up
 
 test: bootstrap
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }  # browser tests
 	$(VENV)/bin/pytest
 
 lint: bootstrap
@@ -41,6 +42,10 @@ fmt: bootstrap
 # Regenerate the checked-in AsyncAPI document after changing an event model.
 asyncapi: bootstrap
 	$(VENV)/bin/python -m fleetlab_common.events.asyncapi > docs/asyncapi.json
+
+# Refresh the dashboard's vendored front-end files from the versions pinned in package.json.
+vendor:
+	cd services/api/frontend && npm ci --no-audit --no-fund && node vendor.mjs
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

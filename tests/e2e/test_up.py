@@ -11,11 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import pytest
@@ -515,6 +517,46 @@ def test_outputs_are_uploaded_listed_and_downloaded(client: httpx.Client, train_
     assert by_name["sub/scores.json"]["sha256"] == hashlib.sha256(r.content).hexdigest()
     missing = client.get(f"/api/v1/experiments/{experiment['id']}/artifacts/nope.bin")
     assert missing.status_code == 404
+
+
+def test_deleting_an_experiment_deletes_its_log_metrics_and_files(
+    stack: Stack, client: httpx.Client, train_py: Path
+) -> None:
+    create_project(client, "deleted", ["python3", str(train_py)], env={"MODE": "outputs"})
+    experiment = submit(client, "deleted")
+    experiment_id = experiment["id"]
+    assert wait_terminal(client, experiment_id)["status"] == "succeeded"
+    posted = client.post(
+        f"/api/v1/experiments/{experiment_id}/metrics", json={"name": "loss", "value": 0.5}
+    )
+    assert posted.status_code == 201, posted.text
+    files = stack.home / "artifacts" / "objects" / "experiments" / experiment_id
+    assert any(p.is_file() for p in files.rglob("*"))
+    assert "epoch 4" in client.get(f"/api/v1/experiments/{experiment_id}/logs").text
+    archives = stack.home / "artifacts" / "objects" / "logs" / experiment_id
+    wait_until(lambda: archives.is_dir() and any(archives.iterdir()), 15, "the log archive")
+
+    assert client.delete(f"/api/v1/experiments/{experiment_id}").status_code == 204
+
+    assert client.get(f"/api/v1/experiments/{experiment_id}").status_code == 404
+    assert not any(p.is_file() for p in files.rglob("*"))
+    dsn = stack.info()["postgres_dsn"]
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            total = 0
+            for table in ("lines", "runs", "metric_points", "metric_summary"):
+                total += await conn.fetchval(
+                    f"SELECT count(*) FROM logstream.{table} WHERE experiment_id = $1",
+                    uuid.UUID(experiment_id),
+                )
+            return int(total)
+        finally:
+            await conn.close()
+
+    wait_until(lambda: asyncio.run(stored()) == 0, 15, "logstream to drop the experiment")
+    assert not any(p.is_file() for p in archives.rglob("*"))
 
 
 def test_sigterm_stops_everything_and_data_survives_a_restart(

@@ -82,8 +82,22 @@ def _result(call: Call, response: httpx.Response) -> Any:
     return response.json()
 
 
+def default_token() -> str | None:
+    """``FLEETLAB_TOKEN``, else the first token the API wrote to ``$FLEETLAB_HOME/api-token``
+    (made when auth is on and no token existed)."""
+    env = os.environ.get("FLEETLAB_TOKEN")
+    if env:
+        return env
+    path = Path(os.environ.get("FLEETLAB_HOME", ".fleetlab")) / "api-token"
+    try:
+        secret = path.read_text().strip()
+    except OSError:
+        return None
+    return secret or None
+
+
 def _headers(token: str | None) -> dict[str, str]:
-    token = token or os.environ.get("FLEETLAB_TOKEN")
+    token = token or default_token()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 

@@ -26,18 +26,27 @@ from fleetlab_common.events import (
     ExperimentLost,
     ExperimentStarted,
     ExperimentStopOrdered,
+    ExperimentDeleted,
     ExperimentStopRequested,
     ExperimentSubmitted,
     LogLine,
     LogLinesAppended,
+    SweepFinished,
 )
 from fleetlab_common.events.agent import (
     AgentLogAppended,
     AgentLogLine,
+    ExperimentUsage,
+    MachineUsage,
     MetricPoint,
     MetricsReported,
+    ResultsReported,
+    UsageSampled,
+    WorkerFinished,
+    WorkerStarted,
 )
 from fleetlab_common.events.asyncapi import asyncapi_document, catalog_table, main
+from fleetlab_common.events.logstream import MetricsSummarized, MetricSummaryEntry
 from fleetlab_common.runspec import RunSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -64,6 +73,17 @@ def sample(cls: type[Event]) -> Event:
             run=RUN,
         ),
         ExperimentStopRequested: ExperimentStopRequested(experiment_id=EXPERIMENT),
+        ExperimentDeleted: ExperimentDeleted(experiment_id=EXPERIMENT),
+        SweepFinished: SweepFinished(
+            sweep_id=uuid.UUID("0190a3c4-5b6d-7e8f-9a0b-000000000002"),
+            project_id=uuid.UUID("0190a3c4-5b6d-7e8f-9a0b-000000000003"),
+            project="mnist",
+            trials=4,
+            counts={"succeeded": 3, "failed": 1},
+            best_experiment_id=EXPERIMENT,
+            metric="results._scores.accuracy",
+            best_value=0.93,
+        ),
         ExperimentAssigned: ExperimentAssigned(
             experiment_id=EXPERIMENT, agent_id="gpu-01", project="mnist", run=RUN
         ),
@@ -107,6 +127,53 @@ def sample(cls: type[Event]) -> Event:
             experiment_id=EXPERIMENT,
             agent_id="gpu-01",
             points=[MetricPoint(name="loss", value=0.21, step=3, ts=NOW)],
+            scores={"accuracy": 0.93},
+        ),
+        UsageSampled: UsageSampled(
+            agent_id="gpu-01",
+            machine=MachineUsage(
+                ts=NOW, cpu_percent=37.5, memory_used_mb=6144, memory_total_mb=16384
+            ),
+            experiments=[
+                ExperimentUsage(
+                    experiment_id=EXPERIMENT, ts=NOW, cpu_percent=98.0, rss_mb=512, processes=2
+                )
+            ],
+        ),
+        ResultsReported: ResultsReported(
+            experiment_id=EXPERIMENT,
+            agent_id="gpu-01",
+            results={"_scores": {"Test Score": 0.09}, "Notes": "first run"},
+            files=["scores.json", "notes.json"],
+        ),
+        WorkerStarted: WorkerStarted(
+            experiment_id=EXPERIMENT,
+            agent_id="gpu-01",
+            instance_id=INSTANCE,
+            rank=0,
+            world_size=2,
+            pid=4242,
+            argv=["python", "train.py"],
+            workdir="/var/lib/fleetlab/work/x-1-r0",
+            master_addr="10.0.0.5",
+            master_port=29500,
+        ),
+        WorkerFinished: WorkerFinished(
+            experiment_id=EXPERIMENT,
+            agent_id="gpu-02",
+            rank=1,
+            world_size=2,
+            status="failed",
+            exit_code=3,
+            reason="exit code 3",
+        ),
+        MetricsSummarized: MetricsSummarized(
+            experiment_id=EXPERIMENT,
+            metrics=[
+                MetricSummaryEntry(
+                    name="loss", last=0.21, last_step=3, last_ts=NOW, min=0.2, max=1.5, count=4
+                )
+            ],
             scores={"accuracy": 0.93},
         ),
         DeliverySucceeded: DeliverySucceeded(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -15,6 +16,8 @@ from pydantic import SecretStr
 from fleetlab_api.app import create_app
 from fleetlab_api.auth import AuthSettings, UnsafeBindError, check_bind
 from fleetlab_api.settings import ApiSettings
+from fleetlab_cli.client import default_token
+from fleetlab_common.testing.plugin import RestartableNats
 
 PASSWORD = "s3cret-pw"
 
@@ -139,3 +142,41 @@ def test_loopback_or_auth_may_start(host: str) -> None:
     check_bind(host, AuthSettings())
     check_bind("0.0.0.0", AuthSettings(enabled=True))
     check_bind("0.0.0.0", AuthSettings(password=SecretStr("pw")))
+
+
+async def test_first_token_is_written_for_a_fresh_install_with_auth_on(
+    own_nats: RestartableNats, fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    settings = ApiSettings(
+        postgres={"dsn": fresh_dsn},
+        nats={"url": own_nats.url},
+        secret_key="test-secret",
+        home=home,
+        auth=AuthSettings(enabled=True),
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+    ):
+        token_file = home / "api-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        secret = token_file.read_text().strip()
+        assert (await http.get("/api/v1/projects")).status_code == 401
+        headers = {"Authorization": f"Bearer {secret}"}
+        assert (await http.get("/api/v1/projects", headers=headers)).status_code == 200
+        listed = (await http.get("/api/v1/tokens", headers=headers)).json()
+        assert [t["name"] for t in listed] == ["admin"]
+
+    # The command line finds it on this machine.
+    monkeypatch.delenv("FLEETLAB_TOKEN", raising=False)
+    monkeypatch.setenv("FLEETLAB_HOME", str(home))
+    assert default_token() == secret
+
+    # Once a token exists, a restart makes no other.
+    token_file.unlink()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        assert not token_file.exists()

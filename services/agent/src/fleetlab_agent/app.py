@@ -32,6 +32,7 @@ def create_app(settings: AgentSettings) -> AsgiFastStream:
         await ensure_streams(broker.connection.jetstream(), settings.nats)
         agent.spool.start()
         background.spawn("heartbeat", agent.heartbeat_loop)
+        background.spawn("usage", agent.usage_loop)
         shipper = agentlog.install(broker, agent.name, agent.instance_id)
         background.spawn("agent-log", shipper.run)
         log.info(

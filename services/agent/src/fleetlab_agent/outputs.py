@@ -37,6 +37,14 @@ def _files(root: Path) -> list[tuple[str, Path, int]]:
     return sorted(found)
 
 
+def _extra_files(root: Path, prefix: str, folder: Path) -> list[tuple[str, Path, int]]:
+    """Files of another folder (a results folder), named ``<prefix>/<name>``; none when it
+    lies under ``root`` (its files are outputs already)."""
+    if folder.resolve().is_relative_to(root.resolve()):
+        return []
+    return [(f"{prefix}/{name}", path, size) for name, path, size in _files(folder)]
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -57,9 +65,13 @@ async def upload_outputs(
     experiment_id: uuid.UUID,
     attempt: int,
     root: Path,
+    extra: dict[str, Path] | None = None,
 ) -> tuple[list[OutputFile], dict[str, str]]:
-    """Upload every file under ``root``; return what was stored and why the rest was not."""
+    """Upload every file under ``root`` (and under each ``extra`` folder, named
+    ``<prefix>/<name>``); return what was stored and why the rest was not."""
     files = await asyncio.to_thread(_files, root)
+    for prefix, folder in (extra or {}).items():
+        files += await asyncio.to_thread(_extra_files, root, prefix, folder)
     if not files:
         return [], {}
     request = {

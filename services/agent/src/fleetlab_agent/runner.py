@@ -232,6 +232,8 @@ class Run:
     # Where the process starts, when not the fresh working directory (an agent-local project
     # runs in its own folder, as FGMachine did; inputs/ and outputs/ stay in the workdir).
     cwd: Path | None = None
+    # FGMachine's results folder, watched while the run goes (fleetlab_agent.results).
+    results_dir: Path | None = None
     argv: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     started_at: datetime | None = None
@@ -261,6 +263,8 @@ class Run:
                 "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in self.gpus),
             }
         )
+        if self.results_dir is not None:
+            env["FLEETLAB_RESULTS_DIR"] = str(self.results_dir)
         env.update(self.spec.env)
         # `import fleetlab` (log metrics, set scores) works in every run, before the
         # project's own PYTHONPATH.

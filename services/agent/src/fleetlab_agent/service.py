@@ -17,9 +17,11 @@ from fleetlab_agent.metrics import tail_run
 from fleetlab_agent.outputs import upload_outputs
 from fleetlab_agent.projects import load_projects
 from fleetlab_agent.reaper import Reaper
+from fleetlab_agent.results import ResultsWatcher, results_folder, watch_results
 from fleetlab_agent.runner import LogBatcher, Run, RunResult
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_agent.spool import Spool
+from fleetlab_agent.usage import Tracked, UsageSampler, sample_forever
 from fleetlab_common.broker import publish_event
 from fleetlab_common.events import (
     AgentHeartbeat,
@@ -61,6 +63,19 @@ class Agent:
         path = settings.agent.projects
         self.local_projects = load_projects(path) if path else {}
         self.projects_base = path.parent.resolve() if path else Path.cwd()
+        self.usage = UsageSampler(self.name, self._tracked)
+
+    def _tracked(self) -> list[Tracked]:
+        """The running experiments, for the usage sampler."""
+        return [
+            Tracked(r.experiment_id, r.attempt, r.process.pid, tuple(r.gpus))
+            for r in list(self.runs.values())
+            if r.process is not None
+        ]
+
+    async def usage_loop(self) -> None:
+        """Sample resource use every ``usage_interval_s`` seconds, sent through the spool."""
+        await sample_forever(self.usage, self.spool.put, self.settings.agent.usage_interval_s)
 
     def heartbeat(self) -> AgentHeartbeat:
         return AgentHeartbeat(
@@ -72,6 +87,7 @@ class Agent:
             projects=sorted(self.local_projects),
             hardware=detect_hardware(),
             started_at=self.started_at,
+            usage=self.usage.latest,
         )
 
     async def heartbeat_loop(self) -> None:
@@ -96,7 +112,7 @@ class Agent:
             log.info("agent.duplicate_assignment", experiment_id=str(event.experiment_id))
             return
         workdir = self.settings.work_root() / f"{event.experiment_id}-{event.attempt}"
-        spec, cwd, refusal = event.run, None, None
+        spec, cwd, refusal, local_results = event.run, None, None, None
         if not spec.command:
             local = self.local_projects.get(event.project)
             if local is None:
@@ -110,6 +126,8 @@ class Agent:
                     }
                 )
                 cwd = local.workdir(self.projects_base)
+                if local.results:
+                    local_results = (self.projects_base / local.results).resolve()
         run = Run(
             experiment_id=event.experiment_id,
             attempt=event.attempt,
@@ -127,6 +145,12 @@ class Agent:
             await self._finish(run, RunResult(status="stopped", reason=early, started=False))
             return
         run.prepare()
+        run.results_dir = results_folder(
+            event.experiment_id, cwd or workdir, spec.results, local_results
+        )
+        if run.results_dir is not None:
+            with contextlib.suppress(OSError):  # the run may make it; watching copes
+                run.results_dir.mkdir(parents=True, exist_ok=True)
         staged: list[StagedInput] = []
         try:
             for item in spec.inputs:
@@ -198,12 +222,29 @@ class Agent:
             publish_lines, self.settings.agent.batch_lines, self.settings.agent.batch_delay_s
         )
         metrics = tail_run(self.spool.put, self.name, run)
+        results: ResultsWatcher | None = None
+        if run.results_dir is not None:
+            results = watch_results(
+                self.spool.put,
+                self.name,
+                run.experiment_id,
+                run.attempt,
+                run.results_dir,
+                self.settings.agent.results_interval_s,
+            )
         result = await run.wait(batcher, self.settings.agent.stop_grace_s)
         await metrics.close()
+        if results is not None:
+            await results.close()
         if run.process is not None:
             self.reaper.forget(run.process.pid)
         result.outputs, result.outputs_skipped = await upload_outputs(
-            self.broker, self.http, run.experiment_id, run.attempt, run.workdir / "outputs"
+            self.broker,
+            self.http,
+            run.experiment_id,
+            run.attempt,
+            run.workdir / "outputs",
+            extra={"results": run.results_dir} if run.results_dir is not None else None,
         )
         await self._finish(run, result)
         self.runs.pop(run.experiment_id, None)

@@ -19,16 +19,21 @@ from fleetlab_api import (
     health,
     limits,
     outputs,
-    pages,
 )
 from fleetlab_api.agents.endpoints import router as agents_router
+from fleetlab_api.code import endpoints as code_endpoints
+from fleetlab_api.code import service as code_service
+from fleetlab_api.dashboard import router as dashboard_router
 from fleetlab_api.experiments.endpoints import router as experiments_router
 from fleetlab_api.logs.endpoints import router as logs_router
+from fleetlab_api.metrics import summary as metric_summary
 from fleetlab_api.metrics.endpoints import router as metrics_router
 from fleetlab_api.projects.endpoints import router as projects_router
 from fleetlab_api.settings import ApiSettings
 from fleetlab_api.state import State
+from fleetlab_api.sweeps.endpoints import router as sweeps_router
 from fleetlab_api.tokens.endpoints import router as tokens_router
+from fleetlab_api.tokens.first import ensure_first_token
 from fleetlab_api.webhooks.endpoints import router as webhooks_router
 from fleetlab_common.artifacts import make_store
 from fleetlab_common.broker import make_broker
@@ -48,11 +53,15 @@ def build_service(settings: ApiSettings) -> tuple[DbService, State]:
     broker = make_broker(settings.nats, "api")
     state = State(settings, broker)
     handlers.register(broker, state)
+    metric_summary.register(broker, state)
     outputs.register_rpc(broker, state)
+    code_service.register_rpc(broker, state)
 
     async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:
         state.pool = pool
         state.relay = relay
+        if settings.auth.enabled and not settings.auth.password.get_secret_value():
+            await ensure_first_token(pool, settings.home)
 
     async def artifacts_health() -> dict[str, str]:
         ok = state.store is not None and await state.store.ping()
@@ -113,6 +122,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(projects_router)
     app.include_router(fglab.router)
     app.include_router(experiments_router)
+    app.include_router(sweeps_router)
     app.include_router(logs_router)
     app.include_router(metrics_router)
     app.include_router(webhooks_router)
@@ -121,7 +131,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(tokens_router)
     app.include_router(health.router)
     app.include_router(artifacts.router)
-    app.include_router(pages.router)
+    app.include_router(code_endpoints.router)
+    app.include_router(dashboard_router)
 
     catalog = asyncapi_document()
 

@@ -10,6 +10,7 @@ from faststream.nats import NatsBroker
 from fleetlab_api.experiments import repository as repo
 from fleetlab_api.outputs import record_outputs
 from fleetlab_api.state import State
+from fleetlab_api.sweeps.service import finish_if_done
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.db import Conn
 from fleetlab_common.db.inbox import first_delivery
@@ -32,9 +33,14 @@ def register(broker: NatsBroker, state: State) -> None:
         event: Event, experiment_id: object, change: Callable[[Conn], Awaitable[None]]
     ) -> None:
         with structlog.contextvars.bound_contextvars(experiment_id=str(experiment_id)):
+            ended = False
             async with state.db().acquire() as conn, conn.transaction():
                 if await first_delivery(conn, CONSUMER, event):
                     await change(conn)
+                    # A trial's end may be its sweep's end: sweep.finished goes with it.
+                    ended = await finish_if_done(conn, experiment_id)
+            if ended:
+                state.outbox().kick()
 
     @event_subscriber(broker, ExperimentAssigned, CONSUMER, nats)
     async def handle_experiment_assigned(event: ExperimentAssigned) -> None:

@@ -22,5 +22,10 @@ class ApiSettings(CommonSettings):
     # Request bodies (see fleetlab_api.limits): every route, and metric batches.
     max_body_mb: int = Field(default=16, ge=1)
     max_metrics_body_mb: int = Field(default=1024, ge=1)
+    # Code snapshots (POST /api/v1/code): the archive as sent, its files once unpacked, and
+    # how many members it may hold (see fleetlab_api.code).
+    max_code_mb: int = Field(default=100, ge=1)
+    max_code_unpacked_mb: int = Field(default=1024, ge=1)
+    max_code_files: int = Field(default=50_000, ge=1)
     # FLEETLAB_AUTH__ENABLED, FLEETLAB_AUTH__PASSWORD: see fleetlab_api.auth.
     auth: AuthSettings = Field(default_factory=AuthSettings)

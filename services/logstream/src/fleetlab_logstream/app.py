@@ -30,7 +30,7 @@ def build_service(settings: LogstreamSettings) -> tuple[DbService, State]:
     store = make_store(settings, f"http://{settings.host}:{settings.port}", secret)
 
     async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:
-        state.logstream = Logstream(settings, pool, store)
+        state.logstream = Logstream(settings, pool, store, relay)
 
     def loops() -> list[Loop]:
         ls = state.get()

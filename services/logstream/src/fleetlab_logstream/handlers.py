@@ -11,6 +11,7 @@ from fleetlab_common.broker import event_subscriber
 from fleetlab_common.events import (
     AgentLogAppended,
     ExperimentAssigned,
+    ExperimentDeleted,
     ExperimentFinished,
     LogLinesAppended,
     MetricsReported,
@@ -45,6 +46,10 @@ def register(broker: NatsBroker, state: State) -> None:
     @event_subscriber(broker, ExperimentAssigned, CONSUMER, nats)
     async def handle_experiment_assigned(event: ExperimentAssigned) -> None:
         await state.get().on_assigned(event)
+
+    @event_subscriber(broker, ExperimentDeleted, CONSUMER, nats)
+    async def handle_experiment_deleted(event: ExperimentDeleted) -> None:
+        await state.get().on_deleted(event)
 
     @event_subscriber(broker, AgentLogAppended, CONSUMER, nats, batch_size=50)
     async def handle_agent_log_appended(event: AgentLogAppended) -> None:

@@ -270,10 +270,11 @@ async def copy_points(
 
 async def upsert_summary(
     conn: Conn, experiment_id: uuid.UUID, rows: Sequence[tuple[Any, ...]]
-) -> None:
+) -> list[asyncpg.Record]:
     """Fold a batch's per-name (name, last, last_step, last_ts, min, max, count) into the
-    experiment's summary: ``last`` is the newest point, ``min``/``max`` over everything."""
-    await conn.execute(
+    experiment's summary: ``last`` is the newest point, ``min``/``max`` over everything.
+    Returns the summaries of those names as they now stand."""
+    summaries: list[asyncpg.Record] = await conn.fetch(
         """INSERT INTO metric_summary AS s
                (experiment_id, name, last, last_step, last_ts, min, max, count)
            SELECT $1, u.name, u.last, u.last_step, u.last_ts, u.min, u.max, u.count
@@ -284,10 +285,12 @@ async def upsert_summary(
            SET last = EXCLUDED.last, last_step = EXCLUDED.last_step,
                last_ts = EXCLUDED.last_ts,
                min = least(s.min, EXCLUDED.min), max = greatest(s.max, EXCLUDED.max),
-               count = s.count + EXCLUDED.count""",
+               count = s.count + EXCLUDED.count
+           RETURNING name, last, last_step, last_ts, min, max, count""",
         experiment_id,
         *(list(col) for col in zip(*rows, strict=True)),
     )
+    return summaries
 
 
 async def upsert_scores(conn: Conn, experiment_id: uuid.UUID, scores: dict[str, float]) -> None:
@@ -345,3 +348,29 @@ async def fetch_scores(conn: Conn, experiment_id: uuid.UUID) -> dict[str, float]
         "SELECT name, value FROM scores WHERE experiment_id = $1 ORDER BY name", experiment_id
     )
     return {r["name"]: r["value"] for r in rows}
+
+
+# -- deleted experiments ----------------------------------------------------------------------
+
+
+async def delete_experiment(conn: Conn, experiment_id: uuid.UUID) -> list[str]:
+    """Delete everything stored about one experiment in every table of this schema that has
+    an ``experiment_id`` column (lines, runs, metrics, usage…); the archive keys it had."""
+    keys = [
+        row["archive_key"]
+        for row in await conn.fetch(
+            "SELECT archive_key FROM runs WHERE experiment_id = $1 AND archive_key IS NOT NULL",
+            experiment_id,
+        )
+    ]
+    tables = await conn.fetch(
+        """SELECT table_name FROM information_schema.columns
+           WHERE table_schema = current_schema() AND column_name = 'experiment_id'
+           ORDER BY table_name"""
+    )
+    async with conn.transaction():
+        for row in tables:
+            await conn.execute(
+                f'DELETE FROM "{row["table_name"]}" WHERE experiment_id = $1', experiment_id
+            )
+    return keys

@@ -19,14 +19,18 @@ import asyncpg
 from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db import Conn
 from fleetlab_common.db.inbox import first_delivery
+from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.events import (
     AgentLogAppended,
     ExperimentAssigned,
+    ExperimentDeleted,
     ExperimentFinished,
     LogLine,
     LogLinesAppended,
     MetricPoint,
     MetricsReported,
+    MetricsSummarized,
+    MetricSummaryEntry,
     utcnow,
 )
 from fleetlab_common.log import get_logger
@@ -82,6 +86,8 @@ class Logstream:
     settings: LogstreamSettings
     pool: asyncpg.Pool
     store: ArtifactStore | None = None
+    # Publishes the summaries each stored metric batch leaves (None in tests that need none).
+    relay: OutboxRelay | None = None
     _stored: asyncio.Condition = field(default_factory=asyncio.Condition)
     _archive_wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -172,6 +178,15 @@ class Logstream:
     async def on_assigned(self, event: ExperimentAssigned) -> None:
         async with self.pool.acquire() as conn:
             await repo.record_project(conn, event.experiment_id, event.project)
+
+    async def on_deleted(self, event: ExperimentDeleted) -> None:
+        """The experiment's record was deleted: its lines, metrics and archives go too."""
+        async with self.pool.acquire() as conn:
+            keys = await repo.delete_experiment(conn, event.experiment_id)
+        if self.store is not None:
+            for key in keys:
+                await self.store.delete(key)
+        log.info("experiment.deleted", experiment_id=str(event.experiment_id), archives=len(keys))
 
     async def archive_pending(self) -> int:
         """Archive every finished run whose log is complete (or waited ``archive_wait_s``)."""
@@ -305,11 +320,25 @@ class Logstream:
         points: list[MetricPoint],
         scores: dict[str, float],
     ) -> None:
+        summaries: list[MetricSummaryEntry] = []
         if points:
             await repo.copy_points(conn, experiment_id, attempt, points)
-            await repo.upsert_summary(conn, experiment_id, summarise(points))
+            rows = await repo.upsert_summary(conn, experiment_id, summarise(points))
+            summaries = [MetricSummaryEntry(**dict(r)) for r in rows]
         if scores:
             await repo.upsert_scores(conn, experiment_id, scores)
+        if summaries or scores:
+            # The API sorts and filters experiments by these; one small event per batch,
+            # whatever its size, keeps its work independent of the point rate.
+            await enqueue(
+                conn,
+                MetricsSummarized(
+                    experiment_id=experiment_id,
+                    attempt=attempt,
+                    metrics=summaries,
+                    scores=scores,
+                ),
+            )
 
     async def on_metrics(self, batch: MetricsReported) -> None:
         """Store a batch once (the inbox drops a redelivery; COPY cannot skip duplicates)."""
@@ -318,6 +347,7 @@ class Logstream:
                 await self._store_metrics(
                     conn, batch.experiment_id, batch.attempt, batch.points, batch.scores
                 )
+        self._kick()
         if batch.skipped:
             log.warning(
                 "metrics.malformed_lines",
@@ -330,7 +360,12 @@ class Logstream:
             await self._store_metrics(
                 conn, request.experiment_id, request.attempt, request.points, request.scores
             )
+        self._kick()
         return len(request.points)
+
+    def _kick(self) -> None:
+        if self.relay is not None:
+            self.relay.kick()
 
     async def metrics(self, query: MetricsQuery) -> MetricsPage:
         async with self.pool.acquire() as conn:

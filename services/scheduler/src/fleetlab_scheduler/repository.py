@@ -68,13 +68,13 @@ async def upsert_agent(conn: Conn, hb: AgentHeartbeat) -> asyncpg.Record | None:
     )
     await conn.execute(
         """INSERT INTO agents (id, instance_id, hostname, slots, labels, hardware, running,
-                               projects, online, last_seen)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, now())
+                               projects, address, online, last_seen)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true, now())
            ON CONFLICT (id) DO UPDATE SET
                instance_id = EXCLUDED.instance_id, hostname = EXCLUDED.hostname,
                slots = EXCLUDED.slots, labels = EXCLUDED.labels, hardware = EXCLUDED.hardware,
-               running = EXCLUDED.running, projects = EXCLUDED.projects, online = true,
-               last_seen = now()""",
+               running = EXCLUDED.running, projects = EXCLUDED.projects,
+               address = EXCLUDED.address, online = true, last_seen = now()""",
         hb.agent_id,
         hb.instance_id,
         hb.hardware.hostname,
@@ -83,6 +83,7 @@ async def upsert_agent(conn: Conn, hb: AgentHeartbeat) -> asyncpg.Record | None:
         hb.hardware.model_dump(),
         hb.running,
         hb.projects,
+        hb.address,
     )
     return previous
 
@@ -153,7 +154,8 @@ async def capacity_rows(
     active: list[asyncpg.Record] = await conn.fetch(
         "SELECT agent_id, run, gpus FROM experiments WHERE status IN ('assigned', 'running')"
     )
-    return agents, active
+    # A gang's experiment row names no agent: its workers hold the capacity, rank by rank.
+    return agents, active + await active_worker_rows(conn)
 
 
 async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
@@ -256,7 +258,10 @@ async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
     """Every known agent with its capacity in use (for ``rpc.scheduler.agents``)."""
     rows = await conn.fetch(
         """SELECT a.id, a.hostname, a.slots, a.labels, a.hardware, a.online, a.last_seen,
-                  a.draining, a.running, a.projects, a.first_seen, count(e.id) AS busy
+                  a.draining, a.running, a.projects, a.first_seen, a.address,
+                  count(e.id) + (SELECT count(*) FROM workers w WHERE w.agent_id = a.id
+                                 AND w.status IN ('pending', 'assigned', 'running', 'stopping'))
+                      AS busy
            FROM agents a
            LEFT JOIN experiments e
              ON e.agent_id = a.id AND e.status IN ('assigned', 'running')
@@ -275,8 +280,229 @@ async def agents_summary(conn: Conn) -> list[dict[str, Any]]:
             "draining": r["draining"],
             "running": [str(x) for x in r["running"]],
             "projects": list(r["projects"]),
+            "address": r["address"],
             "first_seen": r["first_seen"].isoformat(),
             "last_seen": r["last_seen"].isoformat(),
         }
         for r in rows
     ]
+
+
+# -- multi-worker experiments (gangs) --------------------------------------------------------
+
+ACTIVE_WORKER = ("pending", "assigned", "running", "stopping")
+
+
+async def assign_gang(
+    conn: Conn,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    places: list[tuple[str, int, list[int]]],
+) -> None:
+    """queued → assigned for a gang: one worker row per (agent, local rank, GPUs), in rank
+    order; rank 0 is assigned at once, the others wait for its rendezvous port."""
+    await conn.execute(
+        """UPDATE experiments SET status = 'assigned', assigned_at = now(), agent_id = NULL,
+               gpus = '{}', outcome = NULL, failed_rank = NULL, master_addr = NULL,
+               master_port = NULL
+           WHERE id = $1""",
+        experiment_id,
+    )
+    await conn.executemany(
+        """INSERT INTO workers (experiment_id, attempt, rank, agent_id, local_rank, gpus, status)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (experiment_id, attempt, rank) DO NOTHING""",
+        [
+            (experiment_id, attempt, rank, agent, local, gpus, "assigned" if rank == 0 else "pending")
+            for rank, (agent, local, gpus) in enumerate(places)
+        ],
+    )
+
+
+async def lock_gang(conn: Conn, experiment_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        """SELECT id, project, options, run, status, attempt, outcome, reason, failed_rank,
+                  master_addr, master_port, started_at
+           FROM experiments WHERE id = $1 FOR UPDATE""",
+        experiment_id,
+    )
+    return row
+
+
+async def workers_of(conn: Conn, experiment_id: uuid.UUID, attempt: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT * FROM workers WHERE experiment_id = $1 AND attempt = $2
+           ORDER BY rank FOR UPDATE""",
+        experiment_id,
+        attempt,
+    )
+    return rows
+
+
+async def worker_started(
+    conn: Conn,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    rank: int,
+    *,
+    agent_id: str,
+    instance_id: uuid.UUID,
+    pid: int,
+    argv: list[str],
+    workdir: str,
+    inputs: list[dict[str, Any]],
+    at: datetime,
+) -> bool:
+    """assigned → running for one rank; False when stale or already recorded."""
+    updated = await conn.fetchval(
+        """UPDATE workers SET status = 'running', agent_instance = $5, pid = $6, argv = $7,
+               workdir = $8, inputs = $9, started_at = $10
+           WHERE experiment_id = $1 AND attempt = $2 AND rank = $3 AND agent_id = $4
+             AND status = 'assigned'
+           RETURNING true""",
+        experiment_id,
+        attempt,
+        rank,
+        agent_id,
+        instance_id,
+        pid,
+        argv,
+        workdir,
+        inputs,
+        at,
+    )
+    return bool(updated)
+
+
+async def worker_finished(
+    conn: Conn,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    rank: int,
+    *,
+    outcome: str,
+    exit_code: int | None,
+    signal: int | None,
+    reason: str | None,
+    started_at: datetime | None,
+    log_lines: int,
+    outputs: list[dict[str, Any]],
+    outputs_skipped: dict[str, str],
+    at: datetime,
+) -> bool:
+    """→ done for one rank; False when stale or already done."""
+    updated = await conn.fetchval(
+        """UPDATE workers SET status = 'done', outcome = $4, exit_code = $5, signal = $6,
+               reason = $7, started_at = coalesce(started_at, $8), log_lines = $9,
+               outputs = $10, outputs_skipped = $11, finished_at = $12
+           WHERE experiment_id = $1 AND attempt = $2 AND rank = $3
+             AND status IN ('assigned', 'running', 'stopping')
+           RETURNING true""",
+        experiment_id,
+        attempt,
+        rank,
+        outcome,
+        exit_code,
+        signal,
+        reason,
+        started_at,
+        log_lines,
+        outputs,
+        outputs_skipped,
+        at,
+    )
+    return bool(updated)
+
+
+async def set_workers(
+    conn: Conn,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    ranks: list[int],
+    status: str,
+    reason: str | None = None,
+) -> None:
+    """Move the given ranks to ``status`` (``done`` ones as stopped before they started)."""
+    if not ranks:
+        return
+    await conn.execute(
+        """UPDATE workers SET status = $4,
+               outcome = CASE WHEN $4 = 'done' THEN 'stopped' ELSE outcome END,
+               reason = coalesce($5, reason),
+               finished_at = CASE WHEN $4 = 'done' THEN now() ELSE finished_at END
+           WHERE experiment_id = $1 AND attempt = $2 AND rank = ANY($3::int[])""",
+        experiment_id,
+        attempt,
+        ranks,
+        status,
+        reason,
+    )
+
+
+async def set_rendezvous(
+    conn: Conn, experiment_id: uuid.UUID, addr: str | None, port: int | None
+) -> None:
+    await conn.execute(
+        "UPDATE experiments SET master_addr = $2, master_port = $3 WHERE id = $1",
+        experiment_id,
+        addr,
+        port,
+    )
+
+
+async def decide_gang(
+    conn: Conn, experiment_id: uuid.UUID, outcome: str, reason: str | None, failed_rank: int | None
+) -> None:
+    """Record how a gang ends (its first rank that did not succeed, or a stop) while the
+    other ranks are being stopped."""
+    await conn.execute(
+        """UPDATE experiments SET outcome = $2, reason = $3, failed_rank = $4
+           WHERE id = $1 AND outcome IS NULL""",
+        experiment_id,
+        outcome,
+        reason,
+        failed_rank,
+    )
+
+
+async def gang_running(conn: Conn, experiment_id: uuid.UUID, at: datetime) -> None:
+    await conn.execute(
+        """UPDATE experiments SET status = 'running', started_at = $2
+           WHERE id = $1 AND status = 'assigned'""",
+        experiment_id,
+        at,
+    )
+
+
+async def gang_done(
+    conn: Conn, experiment_id: uuid.UUID, outcome: str, reason: str | None, at: datetime
+) -> None:
+    await conn.execute(
+        """UPDATE experiments SET status = 'done', outcome = $2, reason = $3, finished_at = $4
+           WHERE id = $1""",
+        experiment_id,
+        outcome,
+        reason,
+        at,
+    )
+
+
+async def active_workers_on_agent(conn: Conn, agent_id: str) -> list[asyncpg.Record]:
+    """Workers of gangs placed on ``agent_id`` and not yet done, locked."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT experiment_id, attempt, rank, status, agent_instance FROM workers
+           WHERE agent_id = $1 AND status IN ('pending', 'assigned', 'running', 'stopping')
+           ORDER BY experiment_id, rank FOR UPDATE""",
+        agent_id,
+    )
+    return rows
+
+
+async def active_worker_rows(conn: Conn) -> list[asyncpg.Record]:
+    """What gang workers hold on their agents (for placement): agent, run spec, GPUs."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT w.agent_id, e.run, w.gpus FROM workers w
+           JOIN experiments e ON e.id = w.experiment_id
+           WHERE w.status IN ('pending', 'assigned', 'running', 'stopping')"""
+    )
+    return rows

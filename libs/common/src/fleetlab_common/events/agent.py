@@ -33,6 +33,42 @@ class AgentHardware(BaseModel):
     python: str = ""
 
 
+class GpuUsage(BaseModel):
+    """One GPU's use at a sample, as NVML reports it."""
+
+    index: int
+    # Percent of the time a kernel ran over the last sample period (NVML's utilisation).
+    utilization: float
+    memory_used_mb: float
+    memory_total_mb: float
+
+
+class MachineUsage(BaseModel):
+    """What the whole machine uses at a sample (MLBench's CPU/memory per worker)."""
+
+    ts: datetime
+    # Of the whole machine: 100 means every core busy.
+    cpu_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    gpus: list[GpuUsage] = Field(default_factory=list)
+
+
+class ExperimentUsage(BaseModel):
+    """What one running experiment's whole process tree uses at a sample."""
+
+    experiment_id: uuid.UUID
+    attempt: int = 1
+    ts: datetime
+    # Summed over the tree: 100 means one core busy (so 350 is three and a half cores).
+    cpu_percent: float
+    rss_mb: float
+    processes: int
+    # Over the GPUs given to the run: their mean utilisation and the memory the tree holds.
+    gpu_percent: float | None = None
+    gpu_memory_mb: float | None = None
+
+
 class AgentHeartbeat(Event):
     """An agent is alive: sent every few seconds on core NATS (stale ones are worthless)."""
 
@@ -48,6 +84,11 @@ class AgentHeartbeat(Event):
     projects: list[str] = Field(default_factory=list)
     hardware: AgentHardware = Field(default_factory=AgentHardware)
     started_at: datetime | None = None
+    # An address of this machine the other agents can reach (MASTER_ADDR of a multi-worker
+    # experiment whose rank 0 runs here).
+    address: str = ""
+    # The machine's latest resource sample (None before the first one).
+    usage: MachineUsage | None = None
 
 
 class StagedInput(BaseModel):
@@ -82,6 +123,9 @@ class ExperimentStarted(Event):
     argv: list[str]
     workdir: str
     inputs: list[StagedInput] = Field(default_factory=list)
+    # A multi-worker experiment (world_size > 1) is reported started once, by the scheduler,
+    # when every rank runs; the fields above are then rank 0's.
+    world_size: int = 1
 
 
 class ExperimentFinished(Event):
@@ -103,6 +147,54 @@ class ExperimentFinished(Event):
     # Files under outputs/ uploaded when the run ended, and those that could not be, with why.
     outputs: list[OutputFile] = Field(default_factory=list)
     outputs_skipped: dict[str, str] = Field(default_factory=dict)
+    # A multi-worker experiment (world_size > 1) is reported finished once, by the scheduler,
+    # when every rank ended: failed (or stopped) as its first rank that did not succeed
+    # (``failed_rank``; exit code, signal and reason are that rank's), succeeded when all did;
+    # ``log_lines`` and ``outputs`` cover every rank (outputs of rank r > 0 under ``rank-<r>/``).
+    world_size: int = 1
+    failed_rank: int | None = None
+
+
+class WorkerStarted(Event):
+    """One rank of a multi-worker experiment started on an agent (for the scheduler, which
+    reports the experiment started when all have). Rank 0's carries the rendezvous address it
+    chose: ``master_addr`` (its agent's address) and ``master_port`` (a free port there)."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    type: Literal["agent.worker.started"] = "agent.worker.started"
+    experiment_id: uuid.UUID
+    agent_id: str
+    instance_id: uuid.UUID
+    attempt: int = 1
+    rank: int
+    world_size: int
+    pid: int
+    argv: list[str]
+    workdir: str
+    inputs: list[StagedInput] = Field(default_factory=list)
+    master_addr: str | None = None
+    master_port: int | None = None
+
+
+class WorkerFinished(Event):
+    """One rank of a multi-worker experiment ended, or could not start (``started`` false)."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    type: Literal["agent.worker.finished"] = "agent.worker.finished"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int = 1
+    rank: int
+    world_size: int
+    status: ExperimentOutcome
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    started: bool = True
+    started_at: datetime | None = None
+    log_lines: int = 0
+    outputs: list[OutputFile] = Field(default_factory=list)
+    outputs_skipped: dict[str, str] = Field(default_factory=dict)
 
 
 class LogLine(BaseModel):
@@ -112,6 +204,9 @@ class LogLine(BaseModel):
     stream: Literal["stdout", "stderr"]
     ts: datetime
     line: str
+    # The worker's rank in a multi-worker experiment (None for a single process). Ranks share
+    # one sequence: rank r of N numbers its k-th line (from 0) k * N + r + 1.
+    rank: int | None = None
 
 
 class LogLinesAppended(Event):
@@ -160,6 +255,8 @@ class MetricPoint(BaseModel):
     metadata: dict[str, Any] | None = None
     # MLBench: the value accumulates over the run (e.g. total time), rather than being a sample.
     cumulative: bool = False
+    # The worker's rank in a multi-worker experiment (None for a single process).
+    rank: int | None = None
 
 
 class MetricsReported(Event):
@@ -175,4 +272,33 @@ class MetricsReported(Event):
     attempt: int = 1
     points: list[MetricPoint] = Field(default_factory=list)
     scores: dict[str, float] = Field(default_factory=dict)
+    skipped: int = 0
+
+
+class UsageSampled(Event):
+    """Resource use every few seconds, on ``agent.usage.sampled.<agent_id>``: the machine's
+    and that of every experiment running on it, in one message."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    ROUTE_FIELD: ClassVar[str | None] = "agent_id"
+    type: Literal["agent.usage.sampled"] = "agent.usage.sampled"
+    agent_id: str
+    machine: MachineUsage
+    experiments: list[ExperimentUsage] = Field(default_factory=list)
+
+
+class ResultsReported(Event):
+    """JSON files of a run's results folder (FGMachine's), on
+    ``agent.results.reported.<experiment_id>``: ``results`` merges the files new or changed
+    since the previous report (``_scores``, ``_notes``, ``_charts``, fields of its own), to be
+    merged into the experiment's results, newest wins; ``skipped`` counts malformed files."""
+
+    STREAM: ClassVar[str | None] = "AGENT"
+    ROUTE_FIELD: ClassVar[str | None] = "experiment_id"
+    type: Literal["agent.results.reported"] = "agent.results.reported"
+    experiment_id: uuid.UUID
+    agent_id: str
+    attempt: int = 1
+    results: dict[str, Any] = Field(default_factory=dict)
+    files: list[str] = Field(default_factory=list)
     skipped: int = 0

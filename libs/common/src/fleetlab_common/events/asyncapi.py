@@ -37,7 +37,7 @@ Each message is one JSON event with a uuid7 `id`, an `occurred_at` timestamp and
 naming it `<owner>.<entity>.<past-verb>`. The subject is the type; a routed event appends \
 one id as the last token (`scheduler.experiment.assigned.{agent_id}`), so subscribe to \
 `<type>.*` for all of them. Events in a stream (one per publishing service: API, SCHEDULER, \
-AGENT, WEBHOOKS) carry the header `Nats-Msg-Id` equal to `id`, and each stream drops a \
+AGENT, WEBHOOKS, LOGSTREAM) carry the header `Nats-Msg-Id` equal to `id`, and each stream drops a \
 republished duplicate within its `duplicate_window`; services with a database publish only \
 after it committed (through an outbox). Delivery is at least once: deduplicate on `id`. \
 Heartbeats are on core NATS and not stored.
@@ -51,6 +51,8 @@ facts, and are not listed here."""
 _CONSUMERS: dict[str, tuple[str, ...]] = {
     "api.experiment.submitted": ("scheduler", "webhooks"),
     "api.experiment.stop_requested": ("scheduler",),
+    "api.experiment.deleted": ("logstream",),
+    "api.sweep.finished": ("webhooks",),
     "scheduler.experiment.assigned": ("agent", "api", "logstream"),
     "scheduler.experiment.lost": ("api", "webhooks"),
     "scheduler.agent.online": ("webhooks",),
@@ -63,6 +65,11 @@ _CONSUMERS: dict[str, tuple[str, ...]] = {
     "agent.log.appended": ("logstream",),
     "agent.agentlog.appended": ("logstream",),
     "agent.metrics.reported": ("logstream",),
+    "logstream.metrics.summarized": ("api",),
+    "agent.usage.sampled": ("logstream",),
+    "agent.results.reported": ("api",),
+    "agent.worker.started": ("scheduler",),
+    "agent.worker.finished": ("scheduler",),
 }
 
 # The envelope every event shares; the catalog table lists only what each event adds.

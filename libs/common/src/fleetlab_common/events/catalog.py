@@ -12,9 +12,19 @@ from fleetlab_common.events.agent import (
     ExperimentStarted,
     LogLinesAppended,
     MetricsReported,
+    ResultsReported,
+    UsageSampled,
+    WorkerFinished,
+    WorkerStarted,
 )
-from fleetlab_common.events.api import ExperimentStopRequested, ExperimentSubmitted
+from fleetlab_common.events.api import (
+    ExperimentDeleted,
+    ExperimentStopRequested,
+    ExperimentSubmitted,
+    SweepFinished,
+)
 from fleetlab_common.events.base import Event
+from fleetlab_common.events.logstream import MetricsSummarized
 from fleetlab_common.events.scheduler import (
     AgentOffline,
     AgentOnline,
@@ -29,13 +39,24 @@ from fleetlab_common.events.webhooks import DeliveryFailed, DeliverySucceeded, E
 STREAMS: dict[str, list[str]] = {
     "API": ["api.>"],
     "SCHEDULER": ["scheduler.>"],
-    "AGENT": ["agent.experiment.>", "agent.log.>", "agent.agentlog.>", "agent.metrics.>"],
+    "AGENT": [
+        "agent.experiment.>",
+        "agent.log.>",
+        "agent.agentlog.>",
+        "agent.metrics.>",
+        "agent.usage.>",
+        "agent.results.>",
+        "agent.worker.>",
+    ],
     "WEBHOOKS": ["webhooks.>"],
+    "LOGSTREAM": ["logstream.>"],
 }
 
 EVENTS: list[type[Event]] = [
     ExperimentSubmitted,
     ExperimentStopRequested,
+    ExperimentDeleted,
+    SweepFinished,
     ExperimentAssigned,
     ExperimentLost,
     ExperimentStopOrdered,
@@ -51,6 +72,11 @@ EVENTS: list[type[Event]] = [
     EndpointPaused,
     AgentLogAppended,
     MetricsReported,
+    UsageSampled,
+    ResultsReported,
+    MetricsSummarized,
+    WorkerStarted,
+    WorkerFinished,
 ]
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type(): cls for cls in EVENTS}
@@ -74,12 +100,17 @@ class Rpc:
     # The agent asks the API for presigned upload URLs for a run's outputs (it holds no
     # storage credential of its own).
     PRESIGN_OUTPUTS = "rpc.api.outputs.presign"
+    # The agent asks the API for a short-lived download URL of a code snapshot by its digest.
+    PRESIGN_CODE = "rpc.api.code.presign"
     AGENT_DRAIN = "rpc.scheduler.agents.drain"
     AGENT_REMOVE = "rpc.scheduler.agents.remove"
     WHY_WAITING = "rpc.scheduler.why"
     AGENT_LOG = "rpc.logstream.agentlog"
     METRICS = "rpc.logstream.metrics"
     METRICS_INGEST = "rpc.logstream.metrics.ingest"
+    # Resource use of an experiment or an agent; the latest machine sample of agents.
+    USAGE = "rpc.logstream.usage"
+    USAGE_LATEST = "rpc.logstream.usage.latest"
 
     @staticmethod
     def webhooks(verb: str) -> str:

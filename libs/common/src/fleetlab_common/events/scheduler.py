@@ -28,6 +28,14 @@ class ExperimentAssigned(Event):
     run: RunSpec
     # The GPU indices on the agent given to this experiment (CUDA_VISIBLE_DEVICES).
     gpus: list[int] = Field(default_factory=list)
+    # A multi-worker experiment sends one assignment per rank (RANK, WORLD_SIZE, LOCAL_RANK:
+    # the rank among those on the same agent). Rank 0 goes first; its agent picks the
+    # rendezvous port, and ranks > 0 are sent with MASTER_ADDR and MASTER_PORT once it started.
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
 
 
 class ExperimentLost(Event):

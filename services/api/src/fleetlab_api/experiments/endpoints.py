@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import InvalidError
 from fleetlab_api.experiments import export, listing, service
-from fleetlab_api.experiments import repository as repo
 from fleetlab_api.experiments.schemas import (
     Experiment,
     ExperimentCreate,
@@ -20,6 +19,7 @@ from fleetlab_api.experiments.schemas import (
     ExperimentUpdate,
     Status,
 )
+from fleetlab_api.metrics import summary as metric_summary
 from fleetlab_api.projects import service as projects
 from fleetlab_common.db import Conn
 
@@ -36,9 +36,18 @@ Filter = Annotated[str | None, Query(description="A project's id or name")]
 SortParam = Annotated[
     str | None,
     Query(
-        description="A field (created_at, name, status, …), options.<name> or "
-        "results._scores.<name>; '-' in front for descending. Default: newest first.",
-        examples=["-created_at", "options.lr", "-results._scores.accuracy"],
+        description="A field (created_at, name, status, …), options.<name>, "
+        "results._scores.<name> or metrics.<name>[.last|.min|.max] (experiments without the "
+        "metric last); '-' in front for descending. Default: newest first.",
+        examples=["-created_at", "options.lr", "-results._scores.accuracy", "metrics.loss.min"],
+    ),
+]
+MetricParam = Annotated[
+    list[str] | None,
+    Query(
+        description="Only experiments whose metric passes: <name>[.last|.min|.max]<op><number>, "
+        "op one of < <= > >= = != (repeat for several, all must hold).",
+        examples=["loss<0.3", "accuracy.max>=0.9"],
     ),
 ]
 
@@ -65,27 +74,31 @@ async def list_experiments(
     tag: str | None = None,
     sweep: str | None = None,
     sort: SortParam = None,
+    metric: MetricParam = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ExperimentPage:
     """Experiments, filtered and sorted, ``limit`` at a time; pass ``next`` as ``cursor`` for
     the following page (keyset paging: rows inserted meanwhile never shift a page)."""
     order = listing.parse_sort(sort)
+    by_metrics = listing.parse_filters(metric)
     project_id, sweep_id = await _filters(conn, project, sweep)
     after = listing.decode_cursor(order, cursor) if cursor else None
-    items = await repo.page_sorted(
+    rows = await metric_summary.page_sorted(
         conn,
         project_id=project_id,
         status=status,
         tag=tag,
         sweep_id=sweep_id,
         sort=order,
+        filters=by_metrics,
         after=after,
         limit=limit + 1,
     )
-    more = len(items) > limit
-    items = items[:limit]
-    next_cursor = listing.encode_cursor(order, items[-1]) if more else None
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = listing.encode_cursor(order, *rows[-1]) if more else None
+    items = [e for e, _ in rows]
     items = await service.explain_waiting(state.broker, items, state.settings.rpc_timeout_s)
     return ExperimentPage(items=items, next=next_cursor)
 
@@ -110,29 +123,31 @@ async def export_experiments(
     tag: str | None = None,
     sweep: str | None = None,
     sort: SortParam = None,
+    metric: MetricParam = None,
 ) -> Response:
     """Every matching experiment (FGLab's table export), with the list's filters and sort:
     CSV with a column per option and score, or a JSON array of records."""
     order = listing.parse_sort(sort)
+    by_metrics = listing.parse_filters(metric)
     project_id, sweep_id = await _filters(conn, project, sweep)
     items: list[Experiment] = []
     after = None
     while len(items) < EXPORT_LIMIT:
-        chunk = await repo.page_sorted(
+        chunk = await metric_summary.page_sorted(
             conn,
             project_id=project_id,
             status=status,
             tag=tag,
             sweep_id=sweep_id,
             sort=order,
+            filters=by_metrics,
             after=after,
             limit=1000,
         )
-        items += chunk
+        items += [e for e, _ in chunk]
         if len(chunk) < 1000:
             break
-        last = chunk[-1]
-        after = listing.decode_cursor(order, listing.encode_cursor(order, last))
+        after = listing.decode_cursor(order, listing.encode_cursor(order, *chunk[-1]))
     name = f"experiments-{project}" if project else "experiments"
     if format == "json":
         body = json.dumps([e.model_dump(mode="json") for e in items])
@@ -182,7 +197,8 @@ async def update_experiment(ref: str, body: ExperimentUpdate, conn: ConnDep) -> 
 
 
 @router.delete("/{ref}", status_code=204)
-async def delete_experiment(ref: str, conn: ConnDep) -> Response:
-    """Delete an experiment's record (409 while it is queued or running: stop it first)."""
-    await service.delete(conn, ref)
+async def delete_experiment(ref: str, conn: ConnDep, state: StateDep) -> Response:
+    """Delete an experiment with its stored log, metrics and output files (409 while it is
+    queued or running: stop it first)."""
+    await service.delete(conn, state.outbox(), state.artifacts(), ref)
     return Response(status_code=204)

@@ -1,11 +1,14 @@
 """Sorting and keyset paging of the experiments list.
 
-A sort key is a field (``created_at``), an option (``options.lr``) or a score
-(``results._scores.accuracy``), ``-`` in front for descending. Every key becomes one SQL
-expression that is never NULL (a missing value sorts as the smallest: ``-infinity``, ``''``,
-JSON ``null``), with the id as tie-breaker, so ``(key, id)`` is a total order and a page starts
-strictly after the last row of the one before: rows inserted meanwhile never shift a page.
-The cursor carries the sort, the last row's key value and its id.
+A sort key is a field (``created_at``), an option (``options.lr``), a score
+(``results._scores.accuracy``) or a metric (``metrics.loss``: its last value;
+``metrics.loss.min``, ``metrics.loss.max``), ``-`` in front for descending. Every field, option
+and score key becomes one SQL expression that is never NULL (a missing value sorts as the
+smallest: ``-infinity``, ``''``, JSON ``null``), with the id as tie-breaker, so ``(key, id)`` is
+a total order and a page starts strictly after the last row of the one before: rows inserted
+meanwhile never shift a page. A metric key reads the API's metric summary instead (see
+``fleetlab_api.metrics.summary``); experiments without the metric come after every one that has
+it, in either direction. The cursor carries the sort, the last row's key value and its id.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,9 +43,28 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 _PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$|^_[A-Za-z0-9_]+$")
 SORT_HELP = (
-    "a field (" + ", ".join(FIELDS) + "), options.<name> or results.<path> "
-    "(e.g. results._scores.accuracy), with '-' in front for descending"
+    "a field (" + ", ".join(FIELDS) + "), options.<name>, results.<path> "
+    "(e.g. results._scores.accuracy) or metrics.<name>[.last|.min|.max], "
+    "with '-' in front for descending"
 )
+# What a metric key may end with: the summary column it sorts or filters on.
+METRIC_VALUES = ("last", "min", "max")
+
+
+def split_metric(key: str) -> tuple[str, str]:
+    """``loss`` -> (loss, last); ``loss.min`` -> (loss, min); ``val.loss`` -> (val.loss, last).
+    A metric whose own name ends in ``.min`` is reached as ``<name>.min.last``."""
+    name, dot, value = key.rpartition(".")
+    if dot and name and value in METRIC_VALUES:
+        return name, value
+    return key, "last"
+
+
+FILTER_HELP = (
+    "<metric>[.last|.min|.max]<op><number>, op one of < <= > >= = != "
+    "(e.g. loss<0.3, accuracy.max>=0.9)"
+)
+_FILTER = re.compile(r"^(?P<key>[^<>=!]+?)\s*(?P<op><=|>=|!=|<|>|=)\s*(?P<value>[^<>=!]+)$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,8 @@ class Sort:
     sql_type: str
     path: list[str] | None
     descending: bool
+    # A metric sort: the metric's name (its summary column is ``expr``).
+    metric: str | None = None
 
     @property
     def token(self) -> str:
@@ -93,16 +119,18 @@ def parse_sort(sort: str | None) -> Sort:
             # A missing value is JSON null, which jsonb orders before every other value.
             expr = f"coalesce({column} #> $PATH::text[], 'null'::jsonb)"
             return Sort(key, expr, "jsonb", parts, descending)
-    if head == "metrics":
-        raise InvalidError(
-            f"cannot sort by {key!r}: sorting by metrics is not available yet",
-            {"sort": "metrics are not sortable yet; " + SORT_HELP},
-        )
+    if head == "metrics" and rest:
+        name, value = split_metric(rest)
+        return Sort(key, value, "float8", None, descending, metric=name)
     raise InvalidError(f"cannot sort by {key!r}", {"sort": SORT_HELP})
 
 
-def encode_cursor(sort: Sort, experiment: Experiment) -> str:
-    raw = json.dumps({"s": sort.token, "v": sort.value_of(experiment), "id": str(experiment.id)})
+def encode_cursor(sort: Sort, experiment: Experiment, value: Any = None) -> str:
+    """The cursor after ``experiment``; a metric sort passes the row's ``value`` (None for
+    an experiment without the metric)."""
+    if sort.metric is None:
+        value = sort.value_of(experiment)
+    raw = json.dumps({"s": sort.token, "v": value, "id": str(experiment.id)})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -121,6 +149,11 @@ def decode_cursor(sort: Sort, cursor: str) -> tuple[str, uuid.UUID]:
             {"cursor": f"made for sort={given_sort!r}, not {sort.token!r}"},
         )
     # Sent as text and cast in SQL, so a missing time is PostgreSQL's own '-infinity'.
+    if sort.metric is not None:
+        # JSON text: a number, or null past the experiments that have the metric.
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise bad
+        return json.dumps(value), last_id
     if sort.sql_type == "jsonb":
         return json.dumps(value), last_id
     if sort.sql_type == "timestamptz":
@@ -144,3 +177,48 @@ def decode_cursor(sort: Sort, cursor: str) -> tuple[str, uuid.UUID]:
     if not isinstance(value, str):
         raise bad
     return value, last_id
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricFilter:
+    """``loss.min<0.3``: experiments whose metric ``name`` has ``value`` ``op`` ``bound``."""
+
+    name: str
+    value: str
+    op: str
+    bound: float
+
+
+def parse_filters(texts: Sequence[str] | None) -> list[MetricFilter]:
+    """``?metric=loss<0.3&metric=accuracy.max>=0.9`` (all must hold); 422 naming ``metric``."""
+    filters: list[MetricFilter] = []
+    for text in texts or ():
+        match = _FILTER.match(text.strip())
+        bound = math.nan
+        if match is not None:
+            try:
+                bound = float(match["value"])
+            except ValueError:
+                match = None
+        if match is None or not math.isfinite(bound):
+            raise InvalidError(f"invalid metric filter {text!r}", {"metric": FILTER_HELP})
+        name, value = split_metric(match["key"].strip())
+        filters.append(MetricFilter(name, value, match["op"], bound))
+    return filters
+
+
+def filter_sql(filters: Sequence[MetricFilter], args: list[Any]) -> str:
+    """SQL (ANDed, on ``e``) for ``filters``, appending their parameters to ``args``."""
+    parts = []
+    for f in filters:
+        args += [f.name, f.bound]
+        op = "<>" if f.op == "!=" else f.op
+        # f.value and op come from fixed lists, never from the request's text as such.
+        parts.append(
+            f"EXISTS (SELECT 1 FROM metric_summary f WHERE f.experiment_id = e.id"
+            f" AND f.name = ${len(args) - 1} AND f.{f.value} {op} ${len(args)})"
+        )
+    return " AND ".join(parts) or "TRUE"

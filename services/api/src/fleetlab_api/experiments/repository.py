@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from fleetlab_api.experiments.listing import Sort
+from fleetlab_api.experiments.listing import MetricFilter, Sort, filter_sql
 from fleetlab_api.experiments.schemas import Experiment
 from fleetlab_common.db import Conn
 
@@ -189,10 +189,12 @@ async def page_sorted(
     sort: Sort,
     after: tuple[str, uuid.UUID] | None,
     limit: int,
+    metric_filters: list[MetricFilter] | None = None,
 ) -> list[Experiment]:
     """Filtered and sorted by ``sort`` then id, starting strictly after ``after`` (the last
     row's key value, as text, and id): keyset paging, stable under inserts for every sort."""
     args: list[Any] = [project_id, status, tag, sweep_id, limit]
+    by_metrics = filter_sql(metric_filters or [], args)
     expr = sort.expr
     if sort.path is not None:
         args.append(sort.path)
@@ -209,6 +211,7 @@ async def page_sorted(
               AND ($2::text IS NULL OR e.status = $2)
               AND ($3::text IS NULL OR $3 = ANY(e.tags))
               AND ($4::uuid IS NULL OR e.sweep_id = $4)
+              AND {by_metrics}
               AND {keyset}
             ORDER BY {expr} {direction}, e.id {direction} LIMIT $5""",
         *args,

@@ -24,6 +24,12 @@ class ExperimentCreate(BaseModel):
     name: Text | None = Field(default=None, max_length=200)
     priority: int = Field(default=0, ge=-1000, le=1000)
     tags: list[Text] = Field(default_factory=list, max_length=50)
+    code: Text | None = Field(
+        default=None,
+        description="The code snapshot to run (a digest from POST /api/v1/code); "
+        "default: the project's",
+        examples=["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    )
 
 
 class Experiment(BaseModel):

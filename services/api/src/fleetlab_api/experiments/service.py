@@ -7,6 +7,7 @@ import uuid
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 
+from fleetlab_api.code import service as code
 from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
 from fleetlab_api.experiments.schemas import (
@@ -17,9 +18,16 @@ from fleetlab_api.experiments.schemas import (
 )
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.projects.schemas import validate_options
+from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db import Conn
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
-from fleetlab_common.events import ExperimentStopRequested, ExperimentSubmitted, LogLine, Rpc
+from fleetlab_common.events import (
+    ExperimentDeleted,
+    ExperimentStopRequested,
+    ExperimentSubmitted,
+    LogLine,
+    Rpc,
+)
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import get_logger
 
@@ -41,11 +49,20 @@ async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Expe
             + "; ".join(f"{k}: {v}" for k, v in errors.items()),
             errors,
         )
+    # The code snapshot it runs: its own, else the project's default.
+    code_ref = body.code or project.code
+    snapshot = await code.resolve(conn, code_ref) if code_ref else None
+    run = project.run_spec()
+    if snapshot is not None:
+        run = run.model_copy(update={"code": snapshot.digest})
     experiment_id = uuid7()
     async with conn.transaction():
         experiment = await repo.insert(
             conn, experiment_id, project.id, options, body.name, body.priority, body.tags
         )
+        if snapshot is not None:
+            await code.attach(conn, experiment_id, snapshot)
+            experiment = experiment.model_copy(update={"code": snapshot.digest})
         await enqueue(
             conn,
             ExperimentSubmitted(
@@ -53,7 +70,7 @@ async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Expe
                 project_id=project.id,
                 project=project.name,
                 options=options,
-                run=project.run_spec(),
+                run=run,
                 priority=body.priority,
             ),
         )
@@ -79,7 +96,8 @@ async def stop(conn: Conn, relay: OutboxRelay, ref: str, reason: str) -> Experim
 
 
 async def restart(conn: Conn, relay: OutboxRelay, ref: str) -> Experiment:
-    """A new experiment with the same project, options, name, priority and tags."""
+    """A new experiment with the same project, options, name, priority, tags and code
+    snapshot."""
     old = await get(conn, ref)
     body = ExperimentCreate(
         project=str(old.project_id),
@@ -87,6 +105,7 @@ async def restart(conn: Conn, relay: OutboxRelay, ref: str) -> Experiment:
         name=old.name,
         priority=old.priority,
         tags=old.tags,
+        code=old.code,
     )
     return await submit(conn, relay, body)
 
@@ -186,11 +205,13 @@ async def update(conn: Conn, ref: str, body: ExperimentUpdate) -> Experiment:
     return updated
 
 
-async def delete(conn: Conn, ref: str) -> None:
-    """Delete an experiment's record; 409 while it is queued or running (stop it first).
+async def delete(conn: Conn, relay: OutboxRelay, store: ArtifactStore, ref: str) -> None:
+    """Delete an experiment; 409 while it is queued or running (stop it first).
 
-    Its stored log lines and artifacts are owned by logstream and the artifact store, which
-    offer no deletion yet: they stay until those services expire them.
+    The record goes with ``api.experiment.deleted`` in one transaction: logstream then drops
+    the stored log, metrics and usage. The files under the experiment's prefix in the artifact
+    store (outputs of every attempt) are deleted here once the record is gone; code snapshots
+    are shared by content and stay.
     """
     experiment = await get(conn, ref)
     if experiment.status not in TERMINAL:
@@ -198,6 +219,17 @@ async def delete(conn: Conn, ref: str) -> None:
             f"experiment {experiment.id} is {experiment.status}: stop it before deleting it",
             {"status": experiment.status},
         )
-    if not await repo.delete(conn, experiment.id):
-        raise NotFoundError("experiment", ref)
+    async with conn.transaction():
+        if not await repo.delete(conn, experiment.id):
+            raise NotFoundError("experiment", ref)
+        await enqueue(conn, ExperimentDeleted(experiment_id=experiment.id))
+    relay.kick()
+    await delete_files(store, [experiment.id])
     log.info("experiment.deleted", experiment_id=str(experiment.id))
+
+
+async def delete_files(store: ArtifactStore, experiment_ids: list[uuid.UUID]) -> None:
+    """Delete the stored files of deleted experiments (every object under their prefix)."""
+    for experiment_id in experiment_ids:
+        for info in await store.list(f"experiments/{experiment_id}/"):
+            await store.delete(info.key)

@@ -78,6 +78,10 @@ async def import_projects(
         Form(description="Guessed from the file name when not given"),
     ] = None,
     name: Annotated[str | None, Form(description="Project name (default: the file's)")] = None,
+    replace: Annotated[
+        bool,
+        Form(description="A project that exists by name takes the file's schema and run spec"),
+    ] = False,
 ) -> list[Project]:
     """Projects from a file of an earlier system: a MachineLabs ``ml.yaml`` (image, hardware
     type, inputs, parameters; the command is ``python3 main.py``), an FGMachine
@@ -85,7 +89,7 @@ async def import_projects(
     capacity, results) or an FGLab schema. All or nothing."""
     filename = file.filename or "upload"
     bodies = imports.parse(filename, await _read(file), format, name)
-    return await service.create_many(conn, bodies)
+    return await service.create_many(conn, bodies, replace=replace)
 
 
 @router.get("/{ref}", response_model=Project, response_model_by_alias=True)
@@ -110,5 +114,5 @@ async def delete_project(
 ) -> Response:
     """Delete a project and its experiments' records. 409 while experiments are queued or
     running, unless ``force=true``, which stops them first."""
-    await service.delete(conn, state.outbox(), ref, force=force)
+    await service.delete(conn, state.outbox(), state.artifacts(), ref, force=force)
     return Response(status_code=204)

@@ -103,9 +103,12 @@ async def active_experiments(conn: Conn, project_id: uuid.UUID) -> list[uuid.UUI
     return [r["id"] for r in rows]
 
 
-async def delete(conn: Conn, project_id: uuid.UUID) -> int:
-    """Delete a project and its experiments' records; the number of experiments deleted."""
+async def delete(conn: Conn, project_id: uuid.UUID) -> list[uuid.UUID]:
+    """Delete a project and its experiments' records (in the caller's transaction, if any);
+    the ids of the experiments deleted."""
     async with conn.transaction():
-        done = await conn.execute("DELETE FROM experiments WHERE project_id = $1", project_id)
+        rows = await conn.fetch(
+            "DELETE FROM experiments WHERE project_id = $1 RETURNING id", project_id
+        )
         await conn.execute("DELETE FROM projects WHERE id = $1", project_id)
-    return int(done.split()[-1])
+    return [r["id"] for r in rows]

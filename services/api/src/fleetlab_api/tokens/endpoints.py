@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import APIRouter, Response
 
 from fleetlab_api.deps import ConnDep
 from fleetlab_api.errors import ConflictError, NotFoundError
 from fleetlab_api.tokens import repository as repo
+from fleetlab_api.tokens.first import new_secret
 from fleetlab_api.tokens.schemas import Token, TokenCreate, TokenCreated
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
-
-PREFIX = "flt_"
 
 
 @router.post("", status_code=201, response_model=TokenCreated)
 async def create_token(body: TokenCreate, conn: ConnDep) -> TokenCreated:
     """A new token. Its secret is in this answer only: only a hash of it is kept."""
-    secret = PREFIX + secrets.token_urlsafe(32)
+    secret = new_secret()
     token = await repo.insert(conn, body.name, secret)
     if token is None:
         raise ConflictError(f"a token named {body.name!r} exists", {"name": "already taken"})

@@ -65,3 +65,12 @@ async def check(conn: Conn, secret: str) -> bool:
         return True
     found = await conn.fetchval("SELECT 1 FROM api_tokens WHERE hash = $1", digest(secret))
     return found is not None
+
+
+async def insert_first(conn: Conn, name: str, secret: str) -> Token | None:
+    """Insert a token only while there is none at all (serialised across API processes)."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE api_tokens IN SHARE ROW EXCLUSIVE MODE")
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM api_tokens)"):
+            return None
+        return await insert(conn, name, secret)
