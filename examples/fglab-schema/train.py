@@ -1,5 +1,6 @@
-"""A toy training loop (standard library only): prints progress, writes per-step metrics
-(``#loss <step> <value>`` lines) and an output file, and FGMachine's scores."""
+"""An FGLab/FGMachine-style program (standard library only): options as --key=value, progress
+on stdout, and results as FGMachine read them — JSON files in the results folder, whose
+``_scores`` Fleetlab merges into the experiment's results while the run goes."""
 
 import argparse
 import json
@@ -12,13 +13,14 @@ parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--_id", default="local")
 args = parser.parse_args()
 
+results = Path("results")
+results.mkdir(exist_ok=True)
 loss = 1.0
-for epoch in range(args.epochs):
+for epoch in range(1, args.epochs + 1):
     loss *= math.exp(-args.lr)
     print(f"epoch {epoch} loss {loss:.4f}", flush=True)
-    print(f"#loss {epoch} {loss:.6f}", flush=True)
 
-Path("outputs").mkdir(exist_ok=True)
-Path("outputs/model.json").write_text(json.dumps({"lr": args.lr, "final_loss": loss}))
-Path("scores.json").write_text(json.dumps({"_scores": {"loss": loss}}))
-print("done", flush=True)
+# FGMachine: <results>/<id>.json with _scores (and any custom fields).
+scores = {"_scores": {"loss": loss}, "lr": args.lr}
+(results / f"{args._id}.json").write_text(json.dumps(scores))
+print(f"final loss {loss:.4f}", flush=True)

@@ -12,8 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,73 +22,11 @@ import nats
 import pytest
 
 from fleetlab_common.embedded import free_port
+from fleetlab_common.testing.stack import TERMINAL, Stack, start_stack, stop_stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
 FLEETLAB = str(Path(sys.executable).parent / "fleetlab")
-TERMINAL = {"succeeded", "failed", "stopped", "lost"}
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@dataclass
-class Stack:
-    home: Path
-    port: int
-    proc: subprocess.Popen[bytes]
-    output: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def info(self) -> dict[str, Any]:
-        return json.loads((self.home / "stack.json").read_text())
-
-
-def start_stack(home: Path, port: int) -> Stack:
-    env = {
-        **os.environ,
-        "FLEETLAB_HOME": str(home),
-        "FLEETLAB_PORT": str(port),
-        # Faster beats and a short lease so loss is seen in a test-sized time.
-        "FLEETLAB_AGENT__HEARTBEAT_S": "0.5",
-        "FLEETLAB_LEASE_S": "3",
-        "FLEETLAB_AGENT__NAME": "e2e-agent",
-        "FLEETLAB_AGENT__SLOTS": "2",
-    }
-    for key in ("FLEETLAB_NATS__URL", "FLEETLAB_POSTGRES__DSN"):
-        env.pop(key, None)
-    output = home.parent / f"up-{port}.out"
-    with output.open("ab") as out:
-        proc = subprocess.Popen([FLEETLAB, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    stack = Stack(home, port, proc, output)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"fleetlab up exited: {output.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{stack.url}/api/v1/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, 90, "GET /api/v1/health to answer 200")
-    return stack
-
-
-def stop_stack(stack: Stack) -> float:
-    started = time.monotonic()
-    stack.proc.send_signal(signal.SIGTERM)
-    stack.proc.wait(30)
-    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")

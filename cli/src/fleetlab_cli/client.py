@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:5080"
+# Code snapshots are sent in chunks of this size (the progress bar moves per chunk).
+UPLOAD_CHUNK = 64 * 1024
 Json = dict[str, Any]
 
 
@@ -59,6 +61,8 @@ class Call:
     files: dict[str, tuple[str, bytes]] | None = None
     data: dict[str, str] | None = None
     raw: bool = False  # the body as text, not JSON
+    content: Any = None  # a raw body: bytes, or an iterator of chunks
+    headers: dict[str, str] | None = None
 
 
 def _check(response: httpx.Response) -> None:
@@ -125,16 +129,24 @@ class _Calls:
         return Call("DELETE", f"/api/v1/projects/{ref}", params={"force": str(force).lower()})
 
     @staticmethod
-    def import_project(path: Path, fmt: str | None, name: str | None) -> Call:
+    def import_project(
+        path: Path, fmt: str | None, name: str | None, replace: bool = False
+    ) -> Call:
         data = {k: v for k, v in (("format", fmt), ("name", name)) if v}
+        if replace:
+            data["replace"] = "true"
         files = {"file": (path.name, path.read_bytes())}
         return Call("POST", "/api/v1/projects/import", files=files, data=data)
 
     @staticmethod
-    def submit(project: str, options: Json, name: str | None, tags: list[str]) -> Call:
+    def submit(
+        project: str, options: Json, name: str | None, tags: list[str], code: str | None = None
+    ) -> Call:
         body: Json = {"project": project, "options": options, "tags": tags}
         if name:
             body["name"] = name
+        if code:
+            body["code"] = code
         return Call("POST", "/api/v1/experiments", json=body)
 
     @staticmethod
@@ -175,6 +187,15 @@ class _Calls:
         return Call("GET", "/api/v1/agents")
 
     @staticmethod
+    def upload_code(content: Any, size: int) -> Call:
+        headers = {"content-type": "application/gzip", "content-length": str(size)}
+        return Call("POST", "/api/v1/code", content=content, headers=headers)
+
+    @staticmethod
+    def code_snapshot(digest: str) -> Call:
+        return Call("GET", f"/api/v1/code/{digest}")
+
+    @staticmethod
     def tokens() -> Call:
         return Call("GET", "/api/v1/tokens")
 
@@ -185,6 +206,25 @@ class _Calls:
     @staticmethod
     def revoke_token(ref: str) -> Call:
         return Call("DELETE", f"/api/v1/tokens/{ref}")
+
+    @staticmethod
+    def create_sweep(body: Json) -> Call:
+        return Call("POST", "/api/v1/sweeps", json={k: v for k, v in body.items() if v is not None})
+
+    @staticmethod
+    def sweeps(filters: dict[str, Any]) -> Call:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return Call("GET", "/api/v1/sweeps", params=params)
+
+    @staticmethod
+    def sweep(ref: str) -> Call:
+        return Call("GET", f"/api/v1/sweeps/{ref}")
+
+    @staticmethod
+    def stop_sweep(ref: str, reason: str | None) -> Call:
+        return Call(
+            "POST", f"/api/v1/sweeps/{ref}/stop", json={"reason": reason} if reason else None
+        )
 
 
 class Client:
@@ -214,6 +254,8 @@ class Client:
             json=call.json,
             files=call.files,
             data=call.data,
+            content=call.content,
+            headers=call.headers,
         )
         return _result(call, response)
 
@@ -237,9 +279,15 @@ class Client:
         self._send(_Calls.delete_project(ref, force))
 
     def import_project(
-        self, path: Path, *, format: str | None = None, name: str | None = None
+        self,
+        path: Path,
+        *,
+        format: str | None = None,
+        name: str | None = None,
+        replace: bool = False,
     ) -> list[Json]:
-        result: list[Json] = self._send(_Calls.import_project(path, format, name))
+        """Projects from a file; with ``replace``, one that exists by name is updated."""
+        result: list[Json] = self._send(_Calls.import_project(path, format, name, replace))
         return result
 
     def submit(
@@ -249,8 +297,10 @@ class Client:
         *,
         name: str | None = None,
         tags: list[str] | None = None,
+        code: str | None = None,
     ) -> Json:
-        result: Json = self._send(_Calls.submit(project, options or {}, name, tags or []))
+        """One experiment; ``code`` names a snapshot (default: the project's)."""
+        result: Json = self._send(_Calls.submit(project, options or {}, name, tags or [], code))
         return result
 
     def experiments(self, **filters: Any) -> Json:
@@ -296,6 +346,25 @@ class Client:
         result: list[Json] = self._send(_Calls.agents())
         return result
 
+    def upload_code(self, data: bytes, progress: Callable[[int], None] | None = None) -> Json:
+        """Upload a code snapshot (a .tar.gz); ``progress`` is called with each chunk's
+        size as it is sent. Answers ``{"digest", "size", "files", …}``."""
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(data), UPLOAD_CHUNK):
+                chunk = data[start : start + UPLOAD_CHUNK]
+                yield chunk
+                if progress is not None:
+                    progress(len(chunk))
+
+        result: Json = self._send(_Calls.upload_code(chunks(), len(data)))
+        return result
+
+    def code_snapshot(self, digest: str) -> Json:
+        """A snapshot's metadata and file list."""
+        result: Json = self._send(_Calls.code_snapshot(digest))
+        return result
+
     def tokens(self) -> list[Json]:
         result: list[Json] = self._send(_Calls.tokens())
         return result
@@ -306,6 +375,26 @@ class Client:
 
     def revoke_token(self, ref: str) -> None:
         self._send(_Calls.revoke_token(ref))
+
+    def create_sweep(self, project: str, parameters: Json, **fields: Any) -> Json:
+        """A sweep (fields: method, count, parallelism, seed, metric, goal, name, …)."""
+        result: Json = self._send(
+            _Calls.create_sweep({"project": project, "parameters": parameters, **fields})
+        )
+        return result
+
+    def sweeps(self, **filters: Any) -> Json:
+        """One page: ``{"items", "next"}`` (filters: project, cursor, limit)."""
+        result: Json = self._send(_Calls.sweeps(filters))
+        return result
+
+    def sweep(self, ref: str) -> Json:
+        result: Json = self._send(_Calls.sweep(ref))
+        return result
+
+    def stop_sweep(self, ref: str, reason: str | None = None) -> Json:
+        result: Json = self._send(_Calls.stop_sweep(ref, reason))
+        return result
 
 
 class AsyncClient:
@@ -334,6 +423,8 @@ class AsyncClient:
             json=call.json,
             files=call.files,
             data=call.data,
+            content=call.content,
+            headers=call.headers,
         )
         return _result(call, response)
 
@@ -356,8 +447,11 @@ class AsyncClient:
         *,
         name: str | None = None,
         tags: list[str] | None = None,
+        code: str | None = None,
     ) -> Json:
-        result: Json = await self._send(_Calls.submit(project, options or {}, name, tags or []))
+        result: Json = await self._send(
+            _Calls.submit(project, options or {}, name, tags or [], code)
+        )
         return result
 
     async def experiments(self, **filters: Any) -> Json:
@@ -399,4 +493,37 @@ class AsyncClient:
 
     async def agents(self) -> list[Json]:
         result: list[Json] = await self._send(_Calls.agents())
+        return result
+
+    async def upload_code(self, data: bytes, progress: Callable[[int], None] | None = None) -> Json:
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), UPLOAD_CHUNK):
+                chunk = data[start : start + UPLOAD_CHUNK]
+                yield chunk
+                if progress is not None:
+                    progress(len(chunk))
+
+        result: Json = await self._send(_Calls.upload_code(chunks(), len(data)))
+        return result
+
+    async def code_snapshot(self, digest: str) -> Json:
+        result: Json = await self._send(_Calls.code_snapshot(digest))
+        return result
+
+    async def create_sweep(self, project: str, parameters: Json, **fields: Any) -> Json:
+        result: Json = await self._send(
+            _Calls.create_sweep({"project": project, "parameters": parameters, **fields})
+        )
+        return result
+
+    async def sweeps(self, **filters: Any) -> Json:
+        result: Json = await self._send(_Calls.sweeps(filters))
+        return result
+
+    async def sweep(self, ref: str) -> Json:
+        result: Json = await self._send(_Calls.sweep(ref))
+        return result
+
+    async def stop_sweep(self, ref: str, reason: str | None = None) -> Json:
+        result: Json = await self._send(_Calls.stop_sweep(ref, reason))
         return result

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fleetlab_cli import commands
+from fleetlab_cli import commands, run, sweeps
 
 app = typer.Typer(
     help="Fleetlab: run machine-learning experiments on a fleet of machines.", no_args_is_help=True
@@ -55,6 +55,13 @@ def agent(
     projects: Annotated[
         Path | None, typer.Option(help="FGMachine projects.json: projects run with local commands.")
     ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="This machine's address other agents reach (MASTER_ADDR of multi-worker "
+            "runs; default: its address on the route to NATS)."
+        ),
+    ] = None,
 ) -> None:
     """Run this machine's agent."""
     env = dict(os.environ)
@@ -64,6 +71,7 @@ def agent(
         ("FLEETLAB_AGENT__LABELS", labels),
         ("FLEETLAB_AGENT__SLOTS", None if slots is None else str(slots)),
         ("FLEETLAB_AGENT__PROJECTS", None if projects is None else str(projects.resolve())),
+        ("FLEETLAB_AGENT__ADDRESS", address),
     ):
         if value is not None:
             env[key] = value
@@ -71,6 +79,8 @@ def agent(
 
 
 commands.register(app)
+sweeps.register(app)
+run.register(app)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ async def test_posted_points_sort_the_list_by_last_min_and_max(
         points = [{"name": "loss", "value": v, "step": i} for i, v in enumerate(values)]
         posted = await http.post(
             f"/api/v1/experiments/{eid}/metrics",
-            json={"points": points, "_scores": {"acc": values[0]}},
+            json={"points": [*points, {"_scores": {"acc": values[0]}}]},
         )
         assert posted.status_code == 201, posted.text
     await submit(http, project, "none")  # no metric at all
@@ -131,6 +131,9 @@ async def test_posted_points_sort_the_list_by_last_min_and_max(
         0.4,
         None,
     ]
+    # Scores sort through their own index; without the score comes last here too.
+    by_score = await listing(http, project=project, sort="results._scores.acc", limit=1)
+    assert names(by_score) == ["b", "a", "c", "none"]
 
 
 async def test_metric_sort_pages_are_stable_under_inserts(

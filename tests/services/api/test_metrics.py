@@ -10,6 +10,7 @@ import math
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from faststream.nats import NatsBroker
 
 from fleetlab_agent import handlers as agent_handlers
+from fleetlab_agent.metrics import parse_printed
 from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import make_broker, publish_event
@@ -243,3 +245,61 @@ async def test_a_runs_metrics_file_with_a_malformed_line_reaches_the_api(
     _ = ExperimentStarted  # the run's start is the agent's business here
     logged = json.dumps(body)
     assert "NaN" not in logged
+
+
+async def test_printed_metric_lines_become_points_when_the_project_asks(
+    http: httpx.AsyncClient,
+    make_project: MakeProject,
+    agent: Agent,
+    publisher: NatsBroker,
+    tmp_path: Path,
+) -> None:
+    eid = (await experiment(http, make_project))["id"]
+    program = tmp_path / "printing.py"
+    program.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            print("#loss 0 1.5")
+            print("#loss 1 0.75", flush=True)
+            print("#acc 1 0.5")
+            print("# a comment, not a metric")
+            print("#loss x 3")
+            print("#loss 2 nan")
+            print("#loss 3 0.1 extra")
+            print("#loss 2 9", file=sys.stderr)
+            print("epoch done")
+            """
+        )
+    )
+    await publish_event(
+        publisher,
+        ExperimentAssigned(
+            experiment_id=eid,
+            agent_id=agent.name,
+            project="p",
+            run=RunSpec(command=[sys.executable, str(program)], printed_metrics=True),
+        ),
+    )
+    async with asyncio.timeout(20):
+        while True:
+            record = (await http.get(f"/api/v1/experiments/{eid}")).json()
+            body = (await http.get(f"/api/v1/experiments/{eid}/metrics")).json()
+            if record["status"] == "succeeded" and len(body["series"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+    series = {s["name"]: [(p["step"], p["value"]) for p in s["points"]] for s in body["series"]}
+    assert series == {"loss": [(0, 1.5), (1, 0.75)], "acc": [(1, 0.5)]}
+    log = (await http.get(f"/api/v1/experiments/{eid}/logs")).text
+    assert "#loss 0 1.5\n" in log
+    assert "#acc 1 0.5\n" in log
+    assert "epoch done" in log
+
+
+def test_printed_lines_are_parsed_only_in_their_exact_shape() -> None:
+    now = datetime.now(UTC)
+    point = parse_printed("#val.loss -2 1e-3", now)
+    assert point is not None
+    assert (point.name, point.step, point.value) == ("val.loss", -2, 0.001)
+    for text in ["#loss", "#loss 1", "# loss 1 2", "#loss 1.5 2", "#loss 1 inf", "loss 1 2"]:
+        assert parse_printed(text, now) is None, text

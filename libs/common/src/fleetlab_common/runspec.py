@@ -7,6 +7,7 @@ as ``"; rm -rf /"`` stays one harmless argument.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +15,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 OptionStyle = Literal["plain", "single-dash", "double-dash", "function"]
 BooleanStyle = Literal["mandatory", "optional"]
 OptionValue = bool | int | float | str
+
+# An artifact of an earlier experiment as an input: artifact://<experiment-id>/<artifact name>.
+ARTIFACT_SCHEME = "artifact://"
+
+
+def artifact_ref(url: str) -> tuple[uuid.UUID, str] | None:
+    """The (experiment id, artifact name) an ``artifact://`` URL names; None for any other
+    URL. Raises ValueError for a malformed one."""
+    if not url.startswith(ARTIFACT_SCHEME):
+        return None
+    experiment, _, name = url[len(ARTIFACT_SCHEME) :].partition("/")
+    try:
+        experiment_id = uuid.UUID(experiment)
+    except ValueError:
+        raise ValueError(
+            f"{url!r}: write artifact://<experiment id>/<artifact name>; "
+            f"{experiment!r} is not an experiment id"
+        ) from None
+    if not name or name.startswith("/"):
+        raise ValueError(f"{url!r}: the artifact name after the experiment id is missing")
+    return experiment_id, name
 
 
 class Parameter(BaseModel):
@@ -44,8 +66,13 @@ class Input(BaseModel):
     @field_validator("url")
     @classmethod
     def _http(cls, url: str) -> str:
+        if artifact_ref(url) is not None:
+            return url
         if not url.startswith(("http://", "https://")):
-            raise ValueError("only http:// and https:// URLs can be fetched")
+            raise ValueError(
+                "only http://, https:// and artifact://<experiment id>/<artifact name> URLs "
+                "can be fetched"
+            )
         return url
 
 
@@ -86,6 +113,8 @@ class RunSpec(BaseModel):
     code: str | None = None
     # MLBench: processes started together, all or nothing, each with ``resources``.
     workers: int = 1
+    # ML Experimenter: stdout lines ``#<name> <step> <value>`` are metric points too.
+    printed_metrics: bool = False
 
 
 def _plain_value(value: OptionValue) -> str:

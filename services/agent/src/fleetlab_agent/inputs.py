@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,11 @@ from fleetlab_common.runspec import Input
 
 class InputError(RuntimeError):
     """An input could not be staged; the message names it, its URL and why."""
+
+
+# Where to download an input that is not a plain URL (an artifact://): (download URL, cache
+# key). Raises InputError with why it cannot be had.
+Resolve = Callable[[Input], Awaitable[tuple[str, str]]]
 
 
 class InputCache:
@@ -36,13 +42,13 @@ class InputCache:
         key = hashlib.sha256(url.encode()).hexdigest()
         return self.root / key, self.root / f"{key}.sha256"
 
-    async def _download(self, client: httpx.AsyncClient, item: Input, target: Path) -> None:
+    async def _download(self, client: httpx.AsyncClient, url: str, target: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".part")
         digest = hashlib.sha256()
         size = 0
         try:
-            async with client.stream("GET", item.url) as response:
+            async with client.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise InputError(f"the server answered {response.status_code}")
                 with tmp.open("wb") as f:
@@ -61,16 +67,32 @@ class InputCache:
         tmp.replace(target)
         target.with_suffix(".sha256").write_text(digest.hexdigest())
 
-    async def stage(self, client: httpx.AsyncClient, item: Input, inputs_dir: Path) -> StagedInput:
-        """Put ``item`` at ``inputs_dir/<name>``, fetching it only if the cache lacks it."""
-        cached, digest_file = self._paths(item.url)
-        lock = self._locks.setdefault(item.url, asyncio.Lock())
+    async def stage(
+        self,
+        client: httpx.AsyncClient,
+        item: Input,
+        inputs_dir: Path,
+        resolve: Resolve | None = None,
+    ) -> StagedInput:
+        """Put ``item`` at ``inputs_dir/<name>``, fetching it only if the cache lacks it.
+        ``resolve`` turns a URL that is not fetched as it is (an artifact://) into a
+        short-lived download URL and the key it is cached under."""
+        url, key = item.url, item.url
+        if resolve is not None:
+            try:
+                url, key = await resolve(item)
+            except InputError as exc:
+                raise InputError(
+                    f"input {item.name!r}: could not fetch {item.url}: {exc}"
+                ) from None
+        cached, digest_file = self._paths(key)
+        lock = self._locks.setdefault(key, asyncio.Lock())
         hit = True
         async with lock:
             if not cached.exists() or not digest_file.exists():
                 hit = False
                 try:
-                    await self._download(client, item, cached)
+                    await self._download(client, url, cached)
                 except InputError as exc:
                     raise InputError(
                         f"input {item.name!r}: could not fetch {item.url}: {exc}"

@@ -7,6 +7,11 @@ once more after it ended (a last line without its newline counts then). A line t
 such an object (not JSON, a value that is not a finite number, a step that is not an
 integer) is skipped and counted: the count travels in the batch and is logged as a warning;
 the rest of the file is kept.
+
+When the project turns ``printed_metrics`` on (ML Experimenter's charts), a stdout line
+``#<name> <step> <value>`` (``#loss 3 0.21``: an integer step, a finite number) is a point of
+metric ``name`` as well as a log line; it goes out with the file's points. A line starting
+with ``#`` that is not of that shape is only a log line.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +39,23 @@ MAX_BATCH_POINTS = 4000
 _READ_BYTES = 4 * 1024 * 1024
 
 PublishMetrics = Callable[[list[MetricPoint], dict[str, float], int], Awaitable[None]]
+
+
+_PRINTED = re.compile(r"#(\S+)[ \t]+([+-]?\d+)[ \t]+(\S+)[ \t]*")
+
+
+def parse_printed(text: str, now: datetime) -> MetricPoint | None:
+    """``#loss 3 0.21`` -> loss = 0.21 at step 3; None for any other line."""
+    match = _PRINTED.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        value = float(match[3])
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return MetricPoint(name=match[1], value=value, step=int(match[2]), ts=now)
 
 
 class MalformedLineError(ValueError):
@@ -97,6 +120,8 @@ class MetricsTailer:
     offset: int = 0
     skipped: int = 0
     _partial: bytes = b""
+    # Points from printed lines (``printed_metrics``), sent with the file's next read.
+    _printed: list[MetricPoint] = field(default_factory=list)
     _more: bool = False  # the last read stopped at _READ_BYTES: more is waiting
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -132,9 +157,17 @@ class MetricsTailer:
             scores.update(got_scores)
         return points, scores, bad
 
+    def printed(self, text: str) -> None:
+        """A stdout line of the run: kept as a point when it reads ``#<name> <step> <value>``."""
+        point = parse_printed(text, utcnow())
+        if point is not None:
+            self._printed.append(point)
+
     async def _drain(self, *, final: bool) -> None:
         while True:
             points, scores, bad = await asyncio.to_thread(self.read_new, final=final)
+            if self._printed:
+                points, self._printed = self._printed + points, []
             if bad:
                 self.skipped += bad
                 log.warning(
@@ -173,6 +206,8 @@ def tail_run(send: Callable[[Event], Awaitable[None]], agent_id: str, run: Run) 
     ``agent.metrics.reported`` events."""
 
     async def publish(points: list[MetricPoint], scores: dict[str, float], skipped: int) -> None:
+        if run.world_size > 1:  # a worker of a multi-worker experiment: its points keep its rank
+            points = [p.model_copy(update={"rank": run.rank}) for p in points]
         await send(
             MetricsReported(
                 experiment_id=run.experiment_id,

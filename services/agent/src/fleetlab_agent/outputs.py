@@ -66,12 +66,15 @@ async def upload_outputs(
     attempt: int,
     root: Path,
     extra: dict[str, Path] | None = None,
+    name_prefix: str = "",
 ) -> tuple[list[OutputFile], dict[str, str]]:
     """Upload every file under ``root`` (and under each ``extra`` folder, named
     ``<prefix>/<name>``); return what was stored and why the rest was not."""
     files = await asyncio.to_thread(_files, root)
     for prefix, folder in (extra or {}).items():
         files += await asyncio.to_thread(_extra_files, root, prefix, folder)
+    if name_prefix:  # a rank r > 0 of a multi-worker experiment: its files under rank-<r>/
+        files = [(name_prefix + name, path, size) for name, path, size in files]
     if not files:
         return [], {}
     request = {

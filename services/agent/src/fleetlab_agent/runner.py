@@ -80,6 +80,9 @@ class LogBatcher:
         max_lines: int = 500,
         max_delay: float = 0.05,
         max_bytes: int = 256 * 1024,
+        *,
+        rank: int | None = None,
+        world_size: int = 1,
     ) -> None:
         self._publish = publish
         self._max_lines = max_lines
@@ -90,12 +93,25 @@ class LogBatcher:
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
         self._closed = False
+        # Lines produced so far. A rank of a multi-worker experiment numbers its k-th line
+        # (from 0) k * world_size + rank + 1, so that the ranks' lines share one sequence.
         self.seq = 0
+        self._rank = rank
+        self._world = world_size
+        # Given every stdout line starting with "#" (printed metrics, when the project has them).
+        self.on_hash_line: Callable[[str], None] | None = None
         self._task = asyncio.create_task(self._flusher(), name="log-batcher")
 
     def add(self, stream: Literal["stdout", "stderr"], text: str) -> None:
         self.seq += 1
-        self._buffer.append(LogLine(seq=self.seq, stream=stream, ts=utcnow(), line=text))
+        if self.on_hash_line is not None and text[:1] == "#" and stream == "stdout":
+            self.on_hash_line(text)
+        if self._rank is None:
+            line = LogLine(seq=self.seq, stream=stream, ts=utcnow(), line=text)
+        else:
+            seq = (self.seq - 1) * self._world + self._rank + 1
+            line = LogLine(seq=seq, stream=stream, ts=utcnow(), line=text, rank=self._rank)
+        self._buffer.append(line)
         self._buffer_bytes += _size(text)
         self._pending.set()
         if len(self._buffer) >= self._max_lines or self._buffer_bytes >= self._max_bytes:
@@ -238,6 +254,13 @@ class Run:
     process: asyncio.subprocess.Process | None = None
     started_at: datetime | None = None
     stop_reason: str | None = None
+    # A worker of a multi-worker experiment (world_size > 1): its RANK, LOCAL_RANK (among the
+    # ranks on this agent) and the rendezvous, MASTER_ADDR:MASTER_PORT (rank 0 listens there).
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
     _stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     def prepare(self) -> None:
@@ -265,6 +288,17 @@ class Run:
         )
         if self.results_dir is not None:
             env["FLEETLAB_RESULTS_DIR"] = str(self.results_dir)
+        if self.world_size > 1:
+            env.update(
+                {
+                    "RANK": str(self.rank),
+                    "WORLD_SIZE": str(self.world_size),
+                    "LOCAL_RANK": str(self.local_rank),
+                    "MASTER_ADDR": self.master_addr or "",
+                    "MASTER_PORT": str(self.master_port or ""),
+                    "FLEETLAB_RANK": str(self.rank),
+                }
+            )
         env.update(self.spec.env)
         # `import fleetlab` (log metrics, set scores) works in every run, before the
         # project's own PYTHONPATH.

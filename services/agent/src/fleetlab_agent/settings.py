@@ -41,6 +41,9 @@ class AgentOptions(BaseModel):
     # The largest input one run may fetch (MachineLabs inputs).
     max_input_mb: int = Field(default=10240, ge=1)
     input_timeout_s: float = Field(default=300.0, gt=0)
+    # An address of this machine the other agents can reach: MASTER_ADDR of multi-worker
+    # experiments whose rank 0 runs here. Default: the local address of the route to NATS.
+    address: str | None = None
     # Resource use (CPU, memory, GPUs) of the machine and of each run, sampled this often.
     usage_interval_s: float = Field(default=5.0, gt=0)
     # A run's results folder (FGMachine's) is looked at this often.

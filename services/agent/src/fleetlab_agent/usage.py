@@ -164,8 +164,9 @@ class UsageSampler:
             percent = used / life * 100
         return max(percent, 0.0), float(rss)
 
-    def sample(self) -> UsageSampled:
-        """One sample of the machine and of every tracked run (blocking: run in a thread)."""
+    def sample(self, runs: list[Tracked] | None = None) -> UsageSampled:
+        """One sample of the machine and of ``runs`` (by default, what ``tracked`` gives);
+        blocking: run it in a thread."""
         if self._nvml is None:
             self._nvml = _Nvml()
         now_mono = time.monotonic()
@@ -181,16 +182,21 @@ class UsageSampler:
             memory_total_mb=round(memory.total / MB, 1),
             gpus=gpus,
         )
-        runs = list(self.tracked())
+        if runs is None:
+            runs = list(self.tracked())
         trees = self._trees({r.pid for r in runs}) if runs else {}
         seen: set[int] = set()
         experiments: list[ExperimentUsage] = []
         util = {g.index: g.utilization for g in gpus}
+        # Ranks of one multi-worker experiment running here make one sample together.
+        groups: dict[tuple[uuid.UUID, int], list[Tracked]] = {}
         for run in runs:
+            groups.setdefault((run.experiment_id, run.attempt), []).append(run)
+        for (experiment_id, attempt), members in groups.items():
             cpu = rss = 0.0
             count = 0
             gpu_memory = 0.0
-            for pid in trees.get(run.pid, ()):
+            for pid in {pid for run in members for pid in trees.get(run.pid, ())}:
                 got = self._process(pid, elapsed, now)
                 if got is None:
                     continue
@@ -199,11 +205,11 @@ class UsageSampler:
                 rss += got[1]
                 count += 1
                 gpu_memory += gpu_by_pid.get(pid, 0.0)
-            given = [util[i] for i in run.gpus if i in util]
+            given = [util[i] for i in {g for run in members for g in run.gpus} if i in util]
             experiments.append(
                 ExperimentUsage(
-                    experiment_id=run.experiment_id,
-                    attempt=run.attempt,
+                    experiment_id=experiment_id,
+                    attempt=attempt,
                     ts=ts,
                     cpu_percent=round(cpu, 1),
                     rss_mb=round(rss / MB, 1),
@@ -231,7 +237,9 @@ async def sample_forever(
         while True:
             started = time.monotonic()
             try:
-                await send(await asyncio.to_thread(sampler.sample))
+                # The runs are read here, in the event loop that changes them.
+                runs = list(sampler.tracked())
+                await send(await asyncio.to_thread(sampler.sample, runs))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a sample is worth a warning, never the agent

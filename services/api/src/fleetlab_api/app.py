@@ -18,6 +18,7 @@ from fleetlab_api import (
     handlers,
     health,
     limits,
+    openapi,
     outputs,
 )
 from fleetlab_api.agents.endpoints import router as agents_router
@@ -29,11 +30,13 @@ from fleetlab_api.logs.endpoints import router as logs_router
 from fleetlab_api.metrics import summary as metric_summary
 from fleetlab_api.metrics.endpoints import router as metrics_router
 from fleetlab_api.projects.endpoints import router as projects_router
+from fleetlab_api.results import register as register_results
 from fleetlab_api.settings import ApiSettings
 from fleetlab_api.state import State
 from fleetlab_api.sweeps.endpoints import router as sweeps_router
 from fleetlab_api.tokens.endpoints import router as tokens_router
 from fleetlab_api.tokens.first import ensure_first_token
+from fleetlab_api.usage import router as usage_router
 from fleetlab_api.webhooks.endpoints import router as webhooks_router
 from fleetlab_common.artifacts import make_store
 from fleetlab_common.broker import make_broker
@@ -55,6 +58,7 @@ def build_service(settings: ApiSettings) -> tuple[DbService, State]:
     handlers.register(broker, state)
     metric_summary.register(broker, state)
     outputs.register_rpc(broker, state)
+    register_results(broker, state)
     code_service.register_rpc(broker, state)
 
     async def build(pool: asyncpg.Pool, relay: OutboxRelay) -> None:
@@ -125,6 +129,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(sweeps_router)
     app.include_router(logs_router)
     app.include_router(metrics_router)
+    app.include_router(usage_router)
     app.include_router(webhooks_router)
     app.include_router(agents_router)
     app.include_router(outputs.router)
@@ -134,6 +139,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(code_endpoints.router)
     app.include_router(dashboard_router)
 
+    openapi.install(app)
     catalog = asyncapi_document()
 
     @app.get("/api/v1/asyncapi.json", tags=["events"])

@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import json
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -21,7 +22,19 @@ from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/api/v1/health"})
+OPEN_PATHS = frozenset({"/healthz", "/api/v1/health", "/login"})
+# The dashboard's scripts and styles hold no data; its pages and the API stay closed.
+OPEN_PREFIXES = ("/static/",)
+# The dashboard's login (token mode) keeps the API token in this cookie (HttpOnly, SameSite).
+TOKEN_COOKIE = "fleetlab_token"  # noqa: S105 - a cookie name, not a secret
+
+
+def _cookie_token(headers: dict[bytes, bytes]) -> str:
+    for part in headers.get(b"cookie", b"").decode("latin-1").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == TOKEN_COOKIE and value:
+            return value
+    return ""
 
 
 class AuthSettings(BaseModel):
@@ -73,12 +86,37 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         auth: AuthSettings = self.state.settings.auth
-        if scope["type"] != "http" or not auth.on or scope["path"] in OPEN_PATHS:
+        path: str = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not auth.on
+            or path in OPEN_PATHS
+            or path.startswith(OPEN_PREFIXES)
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))
-        if await self._allowed(headers.get(b"authorization", b"").decode("latin-1"), auth):
+        header = headers.get(b"authorization", b"").decode("latin-1")
+        if not header and (cookie := _cookie_token(headers)):
+            header = f"Bearer {cookie}"
+        if await self._allowed(header, auth):
             await self.app(scope, receive, send)
+            return
+        if (
+            not auth.password.get_secret_value()
+            and scope.get("method") == "GET"
+            and not path.startswith("/api/")
+            and b"text/html" in headers.get(b"accept", b"")
+        ):
+            # A browser on a dashboard page in token mode: the login page, then back here.
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [(b"location", f"/login?next={quote(path)}".encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
             return
         challenge = 'Basic realm="Fleetlab"' if auth.password.get_secret_value() else "Bearer"
         body = json.dumps(

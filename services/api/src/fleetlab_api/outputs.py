@@ -24,11 +24,14 @@ from fleetlab_api.state import State
 from fleetlab_common.artifacts import ArtifactKeyError, validate_key
 from fleetlab_common.db import Conn
 from fleetlab_common.events import ExperimentFinished, Rpc
+from fleetlab_common.runspec import artifact_ref
 
 router = APIRouter(prefix="/api/v1/experiments", tags=["artifacts"])
 
 # Presigned upload URLs live this long: enough for a large file on a slow link.
 UPLOAD_URL_S = 3600
+# An artifact named as another experiment's input is fetched through a URL this short-lived.
+INPUT_URL_S = 300
 
 
 def output_key(experiment_id: uuid.UUID, attempt: int, name: str) -> str:
@@ -76,8 +79,37 @@ async def presign(state: State, request: PresignRequest) -> dict[str, Any]:
     return {"urls": urls, "refused": refused}
 
 
+class InputPresignRequest(BaseModel):
+    url: str = Field(max_length=4096)
+
+
+async def presign_input(state: State, request: InputPresignRequest) -> dict[str, Any]:
+    """A short-lived download URL (with sha256 and size) of the artifact an
+    ``artifact://<experiment id>/<name>`` input names, or an ``error`` saying why not."""
+    try:
+        ref = artifact_ref(request.url)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    if ref is None:
+        return {"error": f"{request.url!r} is not an artifact:// URL"}
+    experiment_id, name = ref
+    async with state.db().acquire() as conn:
+        row = await experiments.find_artifact(conn, experiment_id, name)
+    if row is None:
+        return {"error": f"experiment {experiment_id} has no artifact {name!r}"}
+    return {
+        "url": await state.artifacts().presigned_get_url(row["key"], INPUT_URL_S),
+        "sha256": row["sha256"],
+        "size": row["size"],
+    }
+
+
 def register_rpc(broker: NatsBroker, state: State) -> None:
-    """Answer the agents' requests for upload URLs."""
+    """Answer the agents' requests for upload URLs, and for input download URLs."""
+
+    @broker.subscriber(Rpc.PRESIGN_INPUT, queue="api", title=f"{Rpc.PRESIGN_INPUT}:reply")
+    async def handle_presign_input_request(body: InputPresignRequest) -> dict[str, Any]:
+        return await presign_input(state, body)
 
     @broker.subscriber(Rpc.PRESIGN_OUTPUTS, queue="api", title=f"{Rpc.PRESIGN_OUTPUTS}:reply")
     async def handle_presign_request(body: PresignRequest) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from fleetlab_common.broker import make_broker
 from fleetlab_common.db.outbox import OutboxRelay
 from fleetlab_common.db.service import DbService, Loop
 from fleetlab_common.service import migrations_dir
-from fleetlab_logstream import handlers
+from fleetlab_logstream import handlers, usage
 from fleetlab_logstream.service import Logstream
 from fleetlab_logstream.settings import LogstreamSettings
 from fleetlab_logstream.state import State
@@ -25,6 +25,7 @@ def build_service(settings: LogstreamSettings) -> tuple[DbService, State]:
     broker = make_broker(settings.nats, "logstream")
     state = State(settings)
     handlers.register(broker, state)
+    usage.register(broker, state)
     # Logstream only writes archives; it signs no URL, so a missing secret is no loss.
     secret = settings.secret_key.get_secret_value().encode() or secrets.token_bytes(32)
     store = make_store(settings, f"http://{settings.host}:{settings.port}", secret)
@@ -34,7 +35,17 @@ def build_service(settings: LogstreamSettings) -> tuple[DbService, State]:
 
     def loops() -> list[Loop]:
         ls = state.get()
-        return [("log-archiver", ls.archive_loop), ("log-retention", ls.retention_loop)]
+
+        async def usage_retention() -> None:
+            await usage.retention_loop(
+                ls.pool, settings.usage_max_age_days, settings.retention_interval_s
+            )
+
+        return [
+            ("log-archiver", ls.archive_loop),
+            ("log-retention", ls.retention_loop),
+            ("usage-retention", usage_retention),
+        ]
 
     async def artifacts_health() -> dict[str, str]:
         return {"artifacts": "ok" if await store.ping() else "down"}

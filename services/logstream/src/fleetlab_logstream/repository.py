@@ -245,6 +245,13 @@ _POINT_COLUMNS = (
 )
 
 
+def _metadata(p: MetricPoint) -> str | None:
+    """A point's metadata as stored; a rank of a multi-worker run keeps its ``rank`` there."""
+    if p.rank is not None:
+        return json.dumps({**(p.metadata or {}), "rank": p.rank})
+    return None if p.metadata is None else json.dumps(p.metadata)
+
+
 async def copy_points(
     conn: Conn, experiment_id: uuid.UUID, attempt: int, points: Sequence[MetricPoint]
 ) -> None:
@@ -260,7 +267,7 @@ async def copy_points(
                 p.value,
                 p.ts,
                 p.cumulative,
-                None if p.metadata is None else json.dumps(p.metadata),
+                _metadata(p),
             )
             for p in points
         ],

@@ -34,6 +34,8 @@ class LogstreamSettings(CommonSettings):
     archive_wait_s: float = Field(default=60.0, ge=0)
     # The newest lines of each agent's own log that are kept.
     agent_log_lines: int = Field(default=20_000, ge=1)
+    # Resource-use samples (agents' and experiments') older than this are deleted.
+    usage_max_age_days: float = Field(default=30.0, gt=0)
 
     def policy(self, project: str | None) -> RetentionPolicy:
         """The retention policy of ``project`` (the default when it has none of its own)."""

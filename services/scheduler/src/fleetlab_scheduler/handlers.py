@@ -17,6 +17,8 @@ from fleetlab_common.events import (
     ExperimentStopRequested,
     ExperimentSubmitted,
     Rpc,
+    WorkerFinished,
+    WorkerStarted,
 )
 from fleetlab_scheduler.service import CONSUMER
 from fleetlab_scheduler.state import State
@@ -46,6 +48,16 @@ def register(broker: NatsBroker, state: State) -> None:
     async def handle_experiment_finished(event: ExperimentFinished) -> None:
         with structlog.contextvars.bound_contextvars(experiment_id=str(event.experiment_id)):
             await get().on_finished(event)
+
+    @event_subscriber(broker, WorkerStarted, CONSUMER, nats)
+    async def handle_worker_started(event: WorkerStarted) -> None:
+        with structlog.contextvars.bound_contextvars(experiment_id=str(event.experiment_id)):
+            await get().on_worker_started(event)
+
+    @event_subscriber(broker, WorkerFinished, CONSUMER, nats)
+    async def handle_worker_finished(event: WorkerFinished) -> None:
+        with structlog.contextvars.bound_contextvars(experiment_id=str(event.experiment_id)):
+            await get().on_worker_finished(event)
 
     # Heartbeats are ephemeral (core NATS): a missed one only matters through the lease.
     @broker.subscriber(AgentHeartbeat.event_type(), queue=CONSUMER, title="agent.heartbeat:sub")

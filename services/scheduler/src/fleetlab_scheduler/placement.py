@@ -195,7 +195,9 @@ class Fleet:
             (
                 a
                 for a in self.agents
-                if not a.draining and not a.reserved and a.fits_total(labels, res, project, capacity)
+                if not a.draining
+                and not a.reserved
+                and a.fits_total(labels, res, project, capacity)
             ),
             key=lambda a: (-a.slots, a.id),
         )

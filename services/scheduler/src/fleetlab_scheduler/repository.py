@@ -16,8 +16,9 @@ from fleetlab_common.events import AgentHeartbeat, ExperimentSubmitted
 async def insert_experiment(conn: Conn, event: ExperimentSubmitted) -> bool:
     """Queue a submitted experiment; False when it was already queued (a redelivery)."""
     inserted = await conn.fetchval(
-        """INSERT INTO experiments (id, project, options, run, priority, status, submitted_at)
-           VALUES ($1, $2, $3, $4, $5, 'queued', $6)
+        """INSERT INTO experiments (id, project, options, run, priority, status, submitted_at,
+                                    sweep_id, sweep_parallelism)
+           VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7, $8)
            ON CONFLICT (id) DO NOTHING RETURNING true""",
         event.experiment_id,
         event.project,
@@ -25,6 +26,8 @@ async def insert_experiment(conn: Conn, event: ExperimentSubmitted) -> bool:
         json.loads(event.run.model_dump_json(by_alias=True)),
         event.priority,
         event.occurred_at,
+        event.sweep_id,
+        event.sweep_parallelism,
     )
     return bool(inserted)
 
@@ -159,15 +162,36 @@ async def capacity_rows(
 
 
 async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    """The next experiments to place: highest priority first, then oldest."""
+    """The next experiments to place: highest priority first, then oldest.
+
+    A sweep's trials count against its parallelism: a sweep with as many trials assigned or
+    running as it allows has none returned, and one with room has at most that many (the
+    first in queue order). Placement holds the agents' row locks, so rounds never overlap
+    and the count cannot go stale within one."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        """SELECT id, project, options, run, attempt FROM experiments
-           WHERE status = 'queued'
-           ORDER BY priority DESC, submitted_at, id
-           LIMIT $1 FOR UPDATE SKIP LOCKED""",
+        """WITH busy AS (
+               SELECT sweep_id, count(*) AS n FROM experiments
+               WHERE sweep_id IS NOT NULL AND status IN ('assigned', 'running')
+               GROUP BY sweep_id)
+           SELECT e.id, e.project, e.options, e.run, e.attempt, e.sweep_id,
+                  e.sweep_parallelism - coalesce(b.n, 0) AS sweep_room
+           FROM experiments e LEFT JOIN busy b ON b.sweep_id = e.sweep_id
+           WHERE e.status = 'queued'
+             AND (e.sweep_parallelism IS NULL OR coalesce(b.n, 0) < e.sweep_parallelism)
+           ORDER BY e.priority DESC, e.submitted_at, e.id
+           LIMIT $1 FOR UPDATE OF e SKIP LOCKED""",
         limit,
     )
-    return rows
+    room: dict[uuid.UUID, int] = {}
+    chosen: list[asyncpg.Record] = []
+    for row in rows:
+        if row["sweep_room"] is not None:
+            left = room.setdefault(row["sweep_id"], row["sweep_room"])
+            if left <= 0:
+                continue
+            room[row["sweep_id"]] = left - 1
+        chosen.append(row)
+    return chosen
 
 
 async def assign_many(conn: Conn, assignments: list[tuple[uuid.UUID, str, list[int]]]) -> None:
@@ -313,7 +337,15 @@ async def assign_gang(
            VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (experiment_id, attempt, rank) DO NOTHING""",
         [
-            (experiment_id, attempt, rank, agent, local, gpus, "assigned" if rank == 0 else "pending")
+            (
+                experiment_id,
+                attempt,
+                rank,
+                agent,
+                local,
+                gpus,
+                "assigned" if rank == 0 else "pending",
+            )
             for rank, (agent, local, gpus) in enumerate(places)
         ],
     )
@@ -430,7 +462,8 @@ async def set_workers(
                outcome = CASE WHEN $4 = 'done' THEN 'stopped' ELSE outcome END,
                reason = coalesce($5, reason),
                finished_at = CASE WHEN $4 = 'done' THEN now() ELSE finished_at END
-           WHERE experiment_id = $1 AND attempt = $2 AND rank = ANY($3::int[])""",
+           WHERE experiment_id = $1 AND attempt = $2 AND rank = ANY($3::int[])
+             AND status IN ('pending', 'assigned', 'running', 'stopping')""",
         experiment_id,
         attempt,
         ranks,
@@ -488,11 +521,12 @@ async def gang_done(
 
 
 async def active_workers_on_agent(conn: Conn, agent_id: str) -> list[asyncpg.Record]:
-    """Workers of gangs placed on ``agent_id`` and not yet done, locked."""
+    """Workers of gangs placed on ``agent_id`` and not yet done (not locked here: their
+    gang's experiment row is locked first, as everywhere else)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """SELECT experiment_id, attempt, rank, status, agent_instance FROM workers
            WHERE agent_id = $1 AND status IN ('pending', 'assigned', 'running', 'stopping')
-           ORDER BY experiment_id, rank FOR UPDATE""",
+           ORDER BY experiment_id, rank""",
         agent_id,
     )
     return rows

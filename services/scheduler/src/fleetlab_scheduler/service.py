@@ -26,11 +26,16 @@ from fleetlab_common.events import (
     ExperimentStopOrdered,
     ExperimentStopRequested,
     ExperimentSubmitted,
+    OutputFile,
+    StagedInput,
+    WorkerFinished,
+    WorkerStarted,
+    utcnow,
 )
 from fleetlab_common.log import get_logger
 from fleetlab_common.runspec import RunSpec
 from fleetlab_scheduler import repository as repo
-from fleetlab_scheduler.placement import Fleet, capacity_from_rows, why_waiting
+from fleetlab_scheduler.placement import AgentCapacity, Fleet, capacity_from_rows, why_waiting
 from fleetlab_scheduler.settings import SchedulerSettings
 
 log = get_logger(__name__)
@@ -76,6 +81,15 @@ class Scheduler:
                 stop = ExperimentCancelled(
                     experiment_id=event.experiment_id, attempt=row["attempt"], reason=event.reason
                 )
+            elif row["status"] in ("assigned", "running") and row["agent_id"] is None:
+                # A gang: every rank is told to stop; it ends stopped when all have.
+                gang = await repo.lock_gang(conn, event.experiment_id)
+                assert gang is not None
+                await repo.decide_gang(conn, event.experiment_id, "stopped", event.reason, None)
+                orders = await self._stop_ranks(conn, gang, event.reason)
+                if orders:
+                    stop = orders[0]
+                    await enqueue(conn, *orders[1:])
             elif row["status"] in ("assigned", "running"):
                 stop = ExperimentStopOrdered(
                     experiment_id=event.experiment_id,
@@ -103,6 +117,15 @@ class Scheduler:
                     conn, hb.agent_id, hb.instance_id
                 ):
                     events.append(await self._lose(conn, row, hb.agent_id, "the agent restarted"))
+                workers = [
+                    w
+                    for w in await repo.active_workers_on_agent(conn, hb.agent_id)
+                    if w["status"] in ("running", "stopping")
+                    and w["agent_instance"] != hb.instance_id
+                ]
+                events += await self._lose_workers(
+                    conn, hb.agent_id, workers, "the agent restarted"
+                )
             await enqueue(conn, *events)
         if events:
             self.relay.kick()
@@ -130,6 +153,8 @@ class Scheduler:
         )
 
     async def on_started(self, event: ExperimentStarted) -> None:
+        if event.world_size > 1:
+            return  # a gang's own start, which this scheduler reported
         async with self.pool.acquire() as conn, conn.transaction():
             if not await first_delivery(conn, CONSUMER, event):
                 return
@@ -143,6 +168,8 @@ class Scheduler:
             )
 
     async def on_finished(self, event: ExperimentFinished) -> None:
+        if event.world_size > 1:
+            return  # a gang's own end, which this scheduler reported
         async with self.pool.acquire() as conn, conn.transaction():
             if not await first_delivery(conn, CONSUMER, event):
                 return
@@ -169,6 +196,8 @@ class Scheduler:
                 log.warning("agent.offline", agent_id=agent["id"])
                 for row in await repo.active_on_agent(conn, agent["id"]):
                     events.append(await self._lose(conn, row, agent["id"], reason))
+                workers = await repo.active_workers_on_agent(conn, agent["id"])
+                events += await self._lose_workers(conn, agent["id"], workers, reason)
             await enqueue(conn, *events)
         if events:
             self.relay.kick()
@@ -190,7 +219,17 @@ class Scheduler:
             for row in await repo.next_queued(conn, self.settings.placement_batch):
                 run = RunSpec.model_validate(row["run"])
                 local = None if run.command else row["project"]
-                chosen = fleet.place(frozenset(run.labels), run.resources, local)
+                if run.workers > 1:
+                    places = fleet.place_gang(
+                        run.workers, frozenset(run.labels), run.resources, local, run.capacity
+                    )
+                    if places is None:
+                        if not fleet.any_free():
+                            break
+                        continue
+                    assigned.append(await self._assign_gang(conn, row, run, places))
+                    continue
+                chosen = fleet.place(frozenset(run.labels), run.resources, local, run.capacity)
                 if chosen is None:
                     if not fleet.any_free():
                         break
@@ -207,7 +246,10 @@ class Scheduler:
                         gpus=gpus,
                     )
                 )
-            await repo.assign_many(conn, [(e.experiment_id, e.agent_id, e.gpus) for e in assigned])
+            await repo.assign_many(
+                conn,
+                [(e.experiment_id, e.agent_id, e.gpus) for e in assigned if e.world_size == 1],
+            )
             await enqueue(conn, *assigned)
         for e in assigned:
             log.info("experiment.assigned", experiment_id=str(e.experiment_id), agent_id=e.agent_id)
@@ -225,9 +267,272 @@ class Scheduler:
             run = RunSpec.model_validate(row["run"])
             local = None if run.command else row["project"]
             reasons[str(row["id"])] = why_waiting(
-                agents, frozenset(run.labels), run.resources, local
+                agents, frozenset(run.labels), run.resources, local, run.capacity, run.workers
             )
         return reasons
+
+    # -- multi-worker experiments (gangs) ------------------------------------------------------
+
+    async def _assign_gang(
+        self,
+        conn: Conn,
+        row: asyncpg.Record,
+        run: RunSpec,
+        places: list[tuple[AgentCapacity, list[int]]],
+    ) -> ExperimentAssigned:
+        """Record a placed gang; return rank 0's assignment (the others wait for its port)."""
+        seen: dict[str, int] = {}
+        ranks: list[tuple[str, int, list[int]]] = []
+        for agent, gpus in places:
+            ranks.append((agent.id, seen.get(agent.id, 0), gpus))
+            seen[agent.id] = seen.get(agent.id, 0) + 1
+        await repo.assign_gang(conn, row["id"], row["attempt"], ranks)
+        return ExperimentAssigned(
+            experiment_id=row["id"],
+            agent_id=ranks[0][0],
+            attempt=row["attempt"],
+            project=row["project"],
+            options=row["options"],
+            run=run,
+            gpus=ranks[0][2],
+            rank=0,
+            world_size=len(ranks),
+            local_rank=0,
+        )
+
+    async def _stop_ranks(
+        self, conn: Conn, gang: asyncpg.Record, reason: str, *, status: str = "assigned"
+    ) -> list[ExperimentStopOrdered]:
+        """Stop every rank of the gang's attempt not yet done: those not yet sent never run;
+        the others are told to stop (and moved to ``status``: ``stopping`` when the attempt
+        is over)."""
+        workers = await repo.workers_of(conn, gang["id"], gang["attempt"])
+        pending = [w["rank"] for w in workers if w["status"] == "pending"]
+        await repo.set_workers(conn, gang["id"], gang["attempt"], pending, "done", reason)
+        live = [w for w in workers if w["status"] in ("assigned", "running", "stopping")]
+        if status == "stopping":
+            await repo.set_workers(
+                conn, gang["id"], gang["attempt"], [w["rank"] for w in live], "stopping"
+            )
+        agents = sorted({w["agent_id"] for w in live})
+        return [
+            ExperimentStopOrdered(
+                experiment_id=gang["id"], agent_id=agent, attempt=gang["attempt"], reason=reason
+            )
+            for agent in agents
+        ]
+
+    async def _lose_workers(
+        self, conn: Conn, agent_id: str, workers: list[asyncpg.Record], reason: str
+    ) -> list[Event]:
+        """Ranks on an agent that is gone: their gang is lost (and queued again within its
+        retries) and its other ranks are stopped; a gang already ending just ends."""
+        events: list[Event] = []
+        by_gang: dict[tuple[uuid.UUID, int], list[int]] = {}
+        for w in workers:
+            by_gang.setdefault((w["experiment_id"], w["attempt"]), []).append(w["rank"])
+        for (experiment_id, attempt), ranks in by_gang.items():
+            gang = await repo.lock_gang(conn, experiment_id)
+            await repo.set_workers(conn, experiment_id, attempt, ranks, "done", reason)
+            if (
+                gang is None
+                or gang["attempt"] != attempt
+                or gang["status"] not in ("assigned", "running")
+            ):
+                continue
+            if gang["outcome"] is not None:
+                events += await self._finish_gang_if_done(conn, gang)
+                continue
+            events += await self._stop_ranks(conn, gang, reason, status="stopping")
+            events.append(await self._lose(conn, gang, agent_id, reason))
+        return events
+
+    async def on_worker_started(self, event: WorkerStarted) -> None:
+        events: list[Event] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await first_delivery(conn, CONSUMER, event):
+                return
+            gang = await repo.lock_gang(conn, event.experiment_id)
+            if gang is None:
+                return
+            recorded = await repo.worker_started(
+                conn,
+                event.experiment_id,
+                event.attempt,
+                event.rank,
+                agent_id=event.agent_id,
+                instance_id=event.instance_id,
+                pid=event.pid,
+                argv=event.argv,
+                workdir=event.workdir,
+                inputs=[i.model_dump(mode="json") for i in event.inputs],
+                at=event.occurred_at,
+            )
+            if not recorded:
+                return
+            current = gang["attempt"] == event.attempt and gang["status"] in (
+                "assigned",
+                "running",
+            )
+            if not current or gang["outcome"] is not None:
+                # Started after its gang ended or began to: it stops too.
+                events.append(
+                    ExperimentStopOrdered(
+                        experiment_id=event.experiment_id,
+                        agent_id=event.agent_id,
+                        attempt=event.attempt,
+                        reason=gang["reason"] or "its experiment ended",
+                    )
+                )
+            else:
+                workers = await repo.workers_of(conn, event.experiment_id, event.attempt)
+                if event.rank == 0:
+                    events += await self._send_ranks(conn, gang, workers, event)
+                elif all(w["status"] == "running" for w in workers):
+                    await repo.gang_running(conn, event.experiment_id, event.occurred_at)
+                    r0 = workers[0]
+                    events.append(
+                        ExperimentStarted(
+                            experiment_id=event.experiment_id,
+                            agent_id=r0["agent_id"],
+                            instance_id=r0["agent_instance"],
+                            attempt=event.attempt,
+                            pid=r0["pid"],
+                            argv=r0["argv"],
+                            workdir=r0["workdir"],
+                            inputs=[StagedInput.model_validate(i) for i in r0["inputs"] or []],
+                            world_size=len(workers),
+                        )
+                    )
+            await enqueue(conn, *events)
+        if events:
+            log.info(
+                "gang.worker_started",
+                experiment_id=str(event.experiment_id),
+                rank=event.rank,
+                agent_id=event.agent_id,
+            )
+            self.relay.kick()
+
+    async def _send_ranks(
+        self,
+        conn: Conn,
+        gang: asyncpg.Record,
+        workers: list[asyncpg.Record],
+        started: WorkerStarted,
+    ) -> list[Event]:
+        """Rank 0 runs and chose its port: assign every other rank, with the rendezvous."""
+        await repo.set_rendezvous(conn, gang["id"], started.master_addr, started.master_port)
+        pending = [w for w in workers if w["status"] == "pending"]
+        await repo.set_workers(
+            conn, gang["id"], gang["attempt"], [w["rank"] for w in pending], "assigned"
+        )
+        run = RunSpec.model_validate(gang["run"])
+        return [
+            ExperimentAssigned(
+                experiment_id=gang["id"],
+                agent_id=w["agent_id"],
+                attempt=gang["attempt"],
+                project=gang["project"],
+                options=gang["options"],
+                run=run,
+                gpus=list(w["gpus"]),
+                rank=w["rank"],
+                world_size=len(workers),
+                local_rank=w["local_rank"],
+                master_addr=started.master_addr,
+                master_port=started.master_port,
+            )
+            for w in pending
+        ]
+
+    async def on_worker_finished(self, event: WorkerFinished) -> None:
+        events: list[Event] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await first_delivery(conn, CONSUMER, event):
+                return
+            gang = await repo.lock_gang(conn, event.experiment_id)
+            if gang is None:
+                return
+            recorded = await repo.worker_finished(
+                conn,
+                event.experiment_id,
+                event.attempt,
+                event.rank,
+                outcome=event.status,
+                exit_code=event.exit_code,
+                signal=event.signal,
+                reason=event.reason,
+                started_at=event.started_at,
+                log_lines=event.log_lines,
+                outputs=[o.model_dump(mode="json") for o in event.outputs],
+                outputs_skipped=event.outputs_skipped,
+                at=event.occurred_at,
+            )
+            current = gang["attempt"] == event.attempt and gang["status"] in (
+                "assigned",
+                "running",
+            )
+            if recorded and current:
+                if event.status != "succeeded" and gang["outcome"] is None:
+                    why = event.reason or event.status
+                    reason = f"rank {event.rank} {event.status}: {why}"
+                    await repo.decide_gang(
+                        conn, event.experiment_id, event.status, reason, event.rank
+                    )
+                    events += await self._stop_ranks(conn, gang, reason)
+                    gang = await repo.lock_gang(conn, event.experiment_id)
+                    assert gang is not None
+                events += await self._finish_gang_if_done(conn, gang)
+            await enqueue(conn, *events)
+        log.info(
+            "gang.worker_finished",
+            experiment_id=str(event.experiment_id),
+            rank=event.rank,
+            status=event.status,
+        )
+        if events:
+            self.relay.kick()
+        self.wake()
+
+    async def _finish_gang_if_done(self, conn: Conn, gang: asyncpg.Record) -> list[Event]:
+        """When every rank of the gang's attempt is done: the gang's end, as one event."""
+        workers = await repo.workers_of(conn, gang["id"], gang["attempt"])
+        if any(w["status"] != "done" for w in workers):
+            return []
+        outcome = gang["outcome"] or "succeeded"
+        failed = next((w for w in workers if w["rank"] == gang["failed_rank"]), None)
+        now = utcnow()
+        await repo.gang_done(conn, gang["id"], outcome, gang["reason"], now)
+        starts = [w["started_at"] for w in workers if w["started_at"] is not None]
+        outputs: list[OutputFile] = []
+        skipped: dict[str, str] = {}
+        for w in workers:
+            outputs += [OutputFile.model_validate(o) for o in w["outputs"] or []]
+            skipped.update(w["outputs_skipped"] or {})
+        log.info("gang.finished", experiment_id=str(gang["id"]), status=outcome)
+        return [
+            ExperimentFinished(
+                experiment_id=gang["id"],
+                agent_id=workers[0]["agent_id"],
+                attempt=gang["attempt"],
+                status=outcome,
+                exit_code=(
+                    failed["exit_code"]
+                    if failed is not None
+                    else (0 if outcome == "succeeded" else None)
+                ),
+                signal=failed["signal"] if failed is not None else None,
+                reason=gang["reason"],
+                started=bool(starts),
+                started_at=gang["started_at"] or (min(starts) if starts else None),
+                log_lines=sum(w["log_lines"] for w in workers),
+                outputs=outputs,
+                outputs_skipped=skipped,
+                world_size=len(workers),
+                failed_rank=gang["failed_rank"],
+            )
+        ]
 
     async def drain(self, agent_id: str, draining: bool) -> bool:
         async with self.pool.acquire() as conn:

@@ -1,8 +1,8 @@
 """The public webhook events: their names, which internal events they come from, and the
 payload an endpoint receives.
 
-Public names stay the same whatever the internal subjects become. ``sweep.finished`` is
-accepted in subscriptions, but nothing emits it yet (there are no sweep events).
+Public names stay the same whatever the internal subjects become. ``sweep.finished`` comes
+from the API's ``api.sweep.finished`` (the API's read model knows when every trial ended).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fleetlab_common.events import (
     ExperimentLost,
     ExperimentStarted,
     ExperimentSubmitted,
+    SweepFinished,
 )
 
 PUBLIC_EVENTS: tuple[str, ...] = (
@@ -42,6 +43,7 @@ CONSUMED: tuple[type[Event], ...] = (
     ExperimentCancelled,
     AgentOnline,
     AgentOffline,
+    SweepFinished,
 )
 
 
@@ -63,6 +65,8 @@ def public_type(event: Event) -> str | None:
             return "agent.online"
         case AgentOffline():
             return "agent.offline"
+        case SweepFinished():
+            return "sweep.finished"
     return None
 
 
@@ -131,14 +135,26 @@ def agent_facts(event: Event) -> dict[str, Any]:
     return {}
 
 
+def sweep_facts(event: Event) -> dict[str, Any]:
+    """What ``api.sweep.finished`` tells: the sweep, its trials by status, the best trial."""
+    if not isinstance(event, SweepFinished):
+        return {}
+    facts: dict[str, Any] = json.loads(event.model_dump_json(exclude={"id", "occurred_at", "type"}))
+    return facts
+
+
 def payload(event: Event, public: str, record: dict[str, Any] | None, max_bytes: int) -> str:
     """The JSON body of a standard delivery: ``{"type", "id", "timestamp", "data"}``.
 
-    ``data`` holds ``experiment`` (the record, as the events told it) or ``agent``. A body
-    over ``max_bytes`` loses the record's bulky fields and says ``"truncated": true``.
+    ``data`` holds ``experiment`` (the record, as the events told it), ``sweep`` or ``agent``.
+    A body over ``max_bytes`` loses the record's bulky fields and says ``"truncated": true``.
     """
     data: dict[str, Any] = (
-        {"experiment": record} if record is not None else {"agent": agent_facts(event)}
+        {"experiment": record}
+        if record is not None
+        else {"sweep": sweep_facts(event)}
+        if isinstance(event, SweepFinished)
+        else {"agent": agent_facts(event)}
     )
     body: dict[str, Any] = {
         "type": public,

@@ -364,8 +364,12 @@ class Webhooks:
             endpoints = await repo.matching_endpoints(
                 conn,
                 public_type,
-                project=record.get("project") if record else None,
-                project_id=record.get("project_id") if record else None,
+                project=record.get("project") if record else getattr(event, "project", None),
+                project_id=(
+                    record.get("project_id")
+                    if record
+                    else str(getattr(event, "project_id", "")) or None
+                ),
                 experiment=str(experiment_id) if experiment_id else None,
             )
             if not endpoints:

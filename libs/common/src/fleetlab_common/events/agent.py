@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from fleetlab_common.events.base import Event
 
@@ -207,6 +207,16 @@ class LogLine(BaseModel):
     # The worker's rank in a multi-worker experiment (None for a single process). Ranks share
     # one sequence: rank r of N numbers its k-th line (from 0) k * N + r + 1.
     rank: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_rank_of_a_single_process(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        # A single process's lines stay as they always were on the wire: no "rank": null.
+        data: dict[str, Any] = handler(self)
+        if data.get("rank", 0) is None:
+            del data["rank"]
+        return data
 
 
 class LogLinesAppended(Event):

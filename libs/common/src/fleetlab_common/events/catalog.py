@@ -102,6 +102,9 @@ class Rpc:
     PRESIGN_OUTPUTS = "rpc.api.outputs.presign"
     # The agent asks the API for a short-lived download URL of a code snapshot by its digest.
     PRESIGN_CODE = "rpc.api.code.presign"
+    # The agent asks the API for a short-lived download URL of an earlier experiment's
+    # artifact named as an input (artifact://<experiment id>/<name>).
+    PRESIGN_INPUT = "rpc.api.inputs.presign"
     AGENT_DRAIN = "rpc.scheduler.agents.drain"
     AGENT_REMOVE = "rpc.scheduler.agents.remove"
     WHY_WAITING = "rpc.scheduler.why"

@@ -31,6 +31,8 @@ class Agent(BaseModel):
     projects: list[str] = []
     first_seen: str
     last_seen: str
+    # The machine's latest resource sample (CPU %, memory, GPUs), when there is one.
+    usage: dict[str, Any] | None = None
 
 
 class DrainRequest(BaseModel):
@@ -55,7 +57,16 @@ async def ask(state: State, subject: str, body: dict[str, Any]) -> dict[str, Any
 
 async def _all(state: State) -> list[Agent]:
     answer = await ask(state, Rpc.AGENTS, {})
-    return [Agent.model_validate(a) for a in answer.get("agents", [])]
+    agents = [Agent.model_validate(a) for a in answer.get("agents", [])]
+    # Imported here: fleetlab_api.usage imports this module.
+    from fleetlab_api.usage import latest_by_agent
+
+    latest = await latest_by_agent(
+        state.broker, [a.id for a in agents], state.settings.rpc_timeout_s
+    )
+    for agent in agents:
+        agent.usage = latest.get(agent.id)
+    return agents
 
 
 @router.get("", response_model=list[Agent])

@@ -63,7 +63,7 @@ class ArchiveError(ValueError):
 class _Counted(io.RawIOBase):
     """The decompressed stream, refused as soon as it passes ``limit`` bytes."""
 
-    def __init__(self, source: IO[bytes], limit: int, what: str) -> None:
+    def __init__(self, source: gzip.GzipFile, limit: int, what: str) -> None:
         self._source = source
         self._limit = limit
         self._what = what
@@ -135,7 +135,9 @@ def _open_gzip_tar(source: IO[bytes], limits: Limits) -> tuple[tarfile.TarFile, 
     reader = io.BufferedReader(counted, CHUNK)
     try:
         return tarfile.open(fileobj=reader, mode="r|"), counted
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ArchiveError(f"the archive is damaged or cut short: {exc}") from None
+    except (tarfile.TarError, OSError) as exc:
         raise ArchiveError(f"not a tar archive inside the gzip: {exc}") from None
 
 
@@ -181,7 +183,7 @@ def _unpack(source: IO[bytes], limits: Limits, scratch: Path) -> tuple[dict[str,
             stored[path] = target
             files[path] = Entry(path, member.size, bool(member.mode & 0o111))
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise ArchiveError(f"the archive is damaged or not a tar: {exc}") from None
+        raise ArchiveError(f"the archive is damaged or cut short: {exc}") from None
     finally:
         tar.close()
     _check_tree(files, folders)

@@ -106,15 +106,17 @@ async def _read_upload(request: Request, max_bytes: int, max_mb: int) -> bytes:
             form = await parser.parse()
         except MultiPartException as exc:
             raise ApiError(422, f"malformed multipart body: {exc.message}") from None
-        upload = form.get("code")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(
-                422,
-                "a multipart upload carries the archive in the file field 'code'",
-                {"code": "missing"},
-            )
-        data = await upload.read()
-        await form.close()
+        try:
+            upload = form.get("code")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(
+                    422,
+                    "a multipart upload carries the archive in the file field 'code'",
+                    {"code": "missing"},
+                )
+            data = await upload.read()
+        finally:
+            await form.close()
     if len(data) > max_bytes:
         raise ApiError(413, too_large, {"code": too_large})
     if not data:

@@ -7,9 +7,10 @@ travels with it, so a page never has to read the record back to learn it.
 
 Events: ``experiment`` (``{experiment_id, project, status, reason, agent_id, exit_code,
 attempt, type, occurred_at}``; ``project`` on submission only; ``status`` null when the
-event changes none, as a stop request), ``agent`` (``{agent_id, online, slots, busy, running, draining?, type}``),
-``metrics`` (``{experiment_id, points, scores}``, only with ``?experiment=``) and ``resync``
-(the viewer fell behind and events were dropped: read the state again).
+event changes none, as a stop request), ``agent`` (``{agent_id, online, slots, busy,
+running, type}``), ``metrics`` (``{experiment_id, points, scores}``, only with
+``?experiment=``) and ``resync`` (the viewer fell behind and events were dropped: read the
+state again).
 """
 
 from __future__ import annotations
@@ -152,9 +153,9 @@ class EventFeed:
             if message is None:
                 return
             key = (bool(message["online"]), message.get("slots") or 0, message.get("busy") or 0)
-            if message["type"] == AgentHeartbeat.event_type():
-                if self.agents.get(message["agent_id"]) == key:
-                    return
+            heartbeat = message["type"] == AgentHeartbeat.event_type()
+            if heartbeat and self.agents.get(message["agent_id"]) == key:
+                return
             self.agents[message["agent_id"]] = key
             self.put("agent", message)
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import mimetypes
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from fleetlab_api.auth import TOKEN_COOKIE
 from fleetlab_api.deps import ConnDep
 from fleetlab_api.errors import NotFoundError
 from fleetlab_api.experiments import repository as experiments
 from fleetlab_api.projects import repository as projects
+from fleetlab_api.tokens import repository as tokens
 
 router = APIRouter(include_in_schema=False)
 
@@ -57,6 +59,7 @@ def render(request: Request, template: str, active: str, **context: Any) -> HTML
         active=active,
         v=VERSION,
         auth_on=state.settings.auth.on,
+        token_mode=state.settings.auth.on and not state.settings.auth.password.get_secret_value(),
         statuses=STATUSES,
         **context,
     )
@@ -133,3 +136,48 @@ async def sweep_page(request: Request, ref: str) -> HTMLResponse:
 async def webhooks_page(request: Request) -> HTMLResponse:
     return render(request, "webhooks.html", "/webhooks")
 
+
+def _local(next_path: str) -> str:
+    """Where to go after logging in: a path on this server only, never another site."""
+    if not next_path.startswith("/") or next_path.startswith("//") or "\\" in next_path:
+        return "/"
+    return next_path
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str = "/") -> HTMLResponse:
+    """Log in with an API token (``fleetlab token create``); the password mode uses the
+    browser's own HTTP basic prompt instead."""
+    return render(request, "login.html", "", next=_local(next), error=None)
+
+
+@router.post("/login", response_model=None)
+async def login(
+    request: Request,
+    conn: ConnDep,
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    if not token or not await tokens.check(conn, token.strip()):
+        page = render(
+            request, "login.html", "", next=_local(next), error="That token is not valid."
+        )
+        page.status_code = 401
+        return page
+    response = RedirectResponse(_local(next), status_code=303)
+    response.set_cookie(
+        TOKEN_COOKIE,
+        token.strip(),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=30 * 24 * 3600,
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(TOKEN_COOKIE)
+    return response

@@ -2,12 +2,13 @@
 
 A sort key is a field (``created_at``), an option (``options.lr``), a score
 (``results._scores.accuracy``) or a metric (``metrics.loss``: its last value;
-``metrics.loss.min``, ``metrics.loss.max``), ``-`` in front for descending. Every field, option
-and score key becomes one SQL expression that is never NULL (a missing value sorts as the
+``metrics.loss.min``, ``metrics.loss.max``), ``-`` in front for descending. Every field and
+option key becomes one SQL expression that is never NULL (a missing value sorts as the
 smallest: ``-infinity``, ``''``, JSON ``null``), with the id as tie-breaker, so ``(key, id)`` is
 a total order and a page starts strictly after the last row of the one before: rows inserted
-meanwhile never shift a page. A metric key reads the API's metric summary instead (see
-``fleetlab_api.metrics.summary``); experiments without the metric come after every one that has
+meanwhile never shift a page. A metric key and a score key (``results._scores.<name>``) read
+indexed tables instead (the API's metric summary and ``result_scores``, see
+``fleetlab_api.metrics.summary``); experiments without the value come after every one that has
 it, in either direction. The cursor carries the sort, the last row's key value and its id.
 """
 
@@ -78,6 +79,8 @@ class Sort:
     descending: bool
     # A metric sort: the metric's name (its summary column is ``expr``).
     metric: str | None = None
+    # A score sort (results._scores.<name>): the score's name.
+    score: str | None = None
 
     @property
     def token(self) -> str:
@@ -118,7 +121,8 @@ def parse_sort(sort: str | None) -> Sort:
             column = "e.options::jsonb" if head == "options" else "e.results"
             # A missing value is JSON null, which jsonb orders before every other value.
             expr = f"coalesce({column} #> $PATH::text[], 'null'::jsonb)"
-            return Sort(key, expr, "jsonb", parts, descending)
+            score = parts[1] if len(parts) == 2 and parts[0] == "_scores" else None
+            return Sort(key, expr, "jsonb", parts, descending, score=score)
     if head == "metrics" and rest:
         name, value = split_metric(rest)
         return Sort(key, value, "float8", None, descending, metric=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from asyncpg import Record
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 
@@ -30,8 +31,55 @@ from fleetlab_common.events import (
 )
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import get_logger
+from fleetlab_common.runspec import RunSpec, artifact_ref
 
 log = get_logger(__name__)
+
+
+async def find_artifact(conn: Conn, experiment_id: uuid.UUID, name: str) -> Record | None:
+    """An experiment's artifact by name (its output first, when a name is taken twice)."""
+    row: Record | None = await conn.fetchrow(
+        """SELECT key, sha256, size FROM artifacts WHERE experiment_id = $1 AND name = $2
+           ORDER BY (kind = 'output') DESC, kind LIMIT 1""",
+        experiment_id,
+        name,
+    )
+    return row
+
+
+async def world_size(conn: Conn, experiment: Experiment) -> int:
+    """How many workers (ranks) the experiment's project runs it with (1: a single process)."""
+    project = await projects.get(conn, str(experiment.project_id))
+    return project.workers if project is not None else 1
+
+
+def rank_of(seq: int, world: int) -> int:
+    """The rank that wrote line ``seq`` of a multi-worker run: rank r of N numbers its k-th
+    line (from 0) k * N + r + 1, so that the ranks share one sequence."""
+    return (seq - 1) % world
+
+
+async def check_artifact_inputs(conn: Conn, run: RunSpec) -> None:
+    """Every ``artifact://<experiment id>/<name>`` input must name an artifact that exists
+    (422 naming the input otherwise): a typo is caught now, not when the run stages it."""
+    errors: dict[str, str] = {}
+    for index, item in enumerate(run.inputs):
+        ref = artifact_ref(item.url)
+        if ref is None:
+            continue
+        experiment_id, name = ref
+        if not await conn.fetchval("SELECT true FROM experiments WHERE id = $1", experiment_id):
+            errors[f"inputs.{index}.url"] = (
+                f"input {item.name!r}: no experiment {experiment_id} (from {item.url})"
+            )
+        elif await find_artifact(conn, experiment_id, name) is None:
+            errors[f"inputs.{index}.url"] = (
+                f"input {item.name!r}: experiment {experiment_id} has no artifact {name!r}"
+            )
+    if errors:
+        raise InvalidError(
+            "inputs name artifacts that do not exist: " + "; ".join(errors.values()), errors
+        )
 
 
 async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Experiment:
@@ -53,6 +101,7 @@ async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Expe
     code_ref = body.code or project.code
     snapshot = await code.resolve(conn, code_ref) if code_ref else None
     run = project.run_spec()
+    await check_artifact_inputs(conn, run)
     if snapshot is not None:
         run = run.model_copy(update={"code": snapshot.digest})
     experiment_id = uuid7()

@@ -32,8 +32,8 @@ async def get_logs(
     conn: ConnDep,
     state: StateDep,
     stream: StreamName | None = None,
-    from_seq: Annotated[int, Query(ge=1)] = 1,
-    to_seq: Annotated[int | None, Query(ge=1)] = None,
+    from_seq: Annotated[int, Query(ge=1, le=2**31 - 1)] = 1,
+    to_seq: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     download: bool = False,
 ) -> PlainTextResponse:
     """The output of the latest attempt as text, every line in order."""
@@ -46,7 +46,13 @@ async def get_logs(
         to_seq=to_seq,
         timeout_s=state.settings.rpc_timeout_s,
     )
-    text = "".join(f"{ln['line']}\n" for ln in lines)
+    world = await experiments.world_size(conn, experiment)
+    if world > 1:  # a multi-worker run: each line says which rank wrote it
+        text = "".join(
+            f"[rank {experiments.rank_of(ln['seq'], world)}] {ln['line']}\n" for ln in lines
+        )
+    else:
+        text = "".join(f"{ln['line']}\n" for ln in lines)
     headers = {"X-Log-Lines": str(len(lines))}
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{experiment.id}.log"'
@@ -89,7 +95,7 @@ async def stream_logs(
     conn: ConnDep,
     state: StateDep,
     stream: StreamName | None = None,
-    from_seq: Annotated[int | None, Query(ge=1)] = None,
+    from_seq: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     head: Head = DEFAULT_HEAD,
     tail: Tail = DEFAULT_TAIL,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -156,7 +162,7 @@ async def logs_websocket(
     websocket: WebSocket,
     ref: str,
     stream: StreamName | None = None,
-    from_seq: Annotated[int | None, Query(ge=1)] = None,
+    from_seq: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     head: Head = DEFAULT_HEAD,
     tail: Tail = DEFAULT_TAIL,
 ) -> None:
@@ -188,7 +194,7 @@ async def get_agent_logs(
     agent_id: str,
     state: StateDep,
     limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> AgentLogPage:
     """The agent's own log (its structured log lines), newest ``limit`` lines, oldest first;
     ``before_id`` pages back. Logstream keeps a bounded number of lines per agent."""

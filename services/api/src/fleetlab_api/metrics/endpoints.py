@@ -19,6 +19,7 @@ from fleetlab_api.metrics.schemas import (
     PointsError,
     parse_points,
 )
+from fleetlab_api.usage import read_usage
 
 router = APIRouter(tags=["metrics"])
 
@@ -114,10 +115,13 @@ async def get_metrics(
 @router.get("/api/v1/experiments/{ref}/measurements.json")
 async def get_measurements(ref: str, conn: ConnDep, state: StateDep) -> JSONResponse:
     """MLBench's "Download Measurements": the experiment, every metric point (``name``,
-    ``value``, ``date``, ``metadata``, ``cumulative``, ``step``), summaries and scores in one
-    file."""
+    ``value``, ``date``, ``metadata``, ``cumulative``, ``step``), summaries, scores and every
+    resource-use sample of its process tree (``resources``: CPU %, RSS, GPU) in one file."""
     experiment = await experiments.get(conn, ref)
     raw, extras = await service.raw_points(state.broker, experiment, state.settings.rpc_timeout_s)
+    resources, _, _ = await read_usage(
+        state.broker, {"experiment_id": str(experiment.id)}, None, 0, state.settings.rpc_timeout_s
+    )
     body: dict[str, Any] = {
         "experiment": experiment.model_dump(mode="json"),
         "measurements": [
@@ -134,8 +138,7 @@ async def get_measurements(ref: str, conn: ConnDep, state: StateDep) -> JSONResp
         ],
         "summary": extras["summary"],
         "scores": extras["scores"],
-        # Resource samples (CPU, memory) join here once agents report them.
-        "resources": [],
+        "resources": resources,
     }
     return JSONResponse(
         body,

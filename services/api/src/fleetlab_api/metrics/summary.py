@@ -79,7 +79,7 @@ async def apply(conn: Conn, event: MetricsSummarized) -> None:
                         THEN results -> '_scores' ELSE '{}'::jsonb END || $2::jsonb)
                WHERE id = $1""",
             event.experiment_id,
-            json.dumps(event.scores),
+            event.scores,
         )
 
 
@@ -107,16 +107,19 @@ async def page(
     filters: Sequence[MetricFilter],
     after: tuple[str, uuid.UUID] | None,
     limit: int,
-) -> list[tuple[Experiment, float | None]]:
-    """Experiments sorted by a metric's summary value then id, after ``after`` (the cursor's
-    JSON value and id): first those with the metric, through its index, then those without
-    it by id. Each with its value (None without the metric)."""
-    assert sort.metric is not None
-    column = sort.expr  # one of listing.METRIC_VALUES
+) -> list[tuple[Experiment, Any]]:
+    """Experiments sorted by a metric's summary value (or a score) then id, after ``after``
+    (the cursor's JSON value and id): first those with the value, walking its index, then
+    those without it by id. Each with its value (None without it)."""
+    if sort.metric is not None:
+        name, table, column, cast = sort.metric, "metric_summary", sort.expr, "float8"
+    else:
+        assert sort.score is not None
+        name, table, column, cast = sort.score, "result_scores", "value", "jsonb"
     direction = "DESC" if sort.descending else "ASC"
     cmp = "<" if sort.descending else ">"
     after_value = json.loads(after[0]) if after is not None else None
-    found: list[tuple[Experiment, float | None]] = []
+    found: list[tuple[Experiment, Any]] = []
 
     def base(args: list[Any]) -> str:
         args += [project_id, status, tag, sweep_id]
@@ -130,30 +133,33 @@ async def page(
         )
 
     if after is None or after_value is not None:
-        args: list[Any] = [sort.metric, limit]
+        args: list[Any] = [name, limit]
         where = base(args)
         if after is not None:
-            args += [float(after_value), after[1]]
-            where += f" AND (s.{column}, s.experiment_id) {cmp} (${len(args) - 1}, ${len(args)})"
+            args += [after[0], after[1]]
+            n = len(args)
+            where += (
+                f" AND (s.{column}, s.experiment_id) {cmp} (${n - 1}::text::{cast}, ${n}::uuid)"
+            )
         rows = await conn.fetch(
             f"""SELECT e.*, p.name AS project, s.{column} AS sort_value
-                FROM metric_summary s
+                FROM {table} s
                 JOIN experiments e ON e.id = s.experiment_id
                 JOIN projects p ON p.id = e.project_id
                 WHERE s.name = $1 AND {where}
                 ORDER BY s.{column} {direction}, s.experiment_id {direction} LIMIT $2""",
             *args,
         )
-        found += [(_to_experiment(r), float(r["sort_value"])) for r in rows]
+        found += [(_to_experiment(r), r["sort_value"]) for r in rows]
     if len(found) < limit:
-        args = [sort.metric, limit - len(found)]
+        args = [name, limit - len(found)]
         where = base(args)
         if after is not None and after_value is None:
             args.append(after[1])
             where += f" AND e.id {cmp} ${len(args)}"
         rows = await conn.fetch(
             f"""{_SELECT}
-                WHERE NOT EXISTS (SELECT 1 FROM metric_summary s
+                WHERE NOT EXISTS (SELECT 1 FROM {table} s
                                   WHERE s.experiment_id = e.id AND s.name = $1)
                   AND {where}
                 ORDER BY e.id {direction} LIMIT $2""",
@@ -177,7 +183,7 @@ async def page_sorted(
 ) -> list[tuple[Experiment, Any]]:
     """One page for any sort, each experiment with the value its cursor needs (for a metric
     sort; None otherwise): :func:`page`, or the experiments repository's sorted page."""
-    if sort.metric is not None:
+    if sort.metric is not None or sort.score is not None:
         return list(
             await page(
                 conn,

@@ -180,6 +180,11 @@ class RunFields(BaseModel):
     image: Text | None = Field(
         default=None, description="MachineLabs' dockerImageId (one of its known environments)"
     )
+    printed_metrics: bool = Field(
+        default=False,
+        description="ML Experimenter: stdout lines `#<name> <step> <value>` (e.g. `#loss 3 "
+        "0.21`) become metric points as well as log lines",
+    )
 
     def run_spec(self) -> RunSpec:
         return RunSpec.model_validate(self.model_dump(include=set(RunSpec.model_fields)))
@@ -259,3 +264,4 @@ class ProjectUpdate(BaseModel):
     code: str | None = None
     workers: int | None = None
     image: str | None = None
+    printed_metrics: bool | None = None

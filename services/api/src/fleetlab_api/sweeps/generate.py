@@ -56,16 +56,23 @@ class Axis:
     def draw(self, rng: random.Random) -> Any:
         if self.values is not None:
             return self.values[rng.randrange(len(self.values))]
-        if self.spec.type == "int":
-            if self.log:
-                lo, hi = math.log(self.low), math.log(self.high + 1)
-                return min(int(self.high), int(math.exp(rng.uniform(lo, hi))))
+        if self.spec.type == "int" and not self.log:
             return rng.randint(int(self.low), int(self.high))
+        fraction = rng.random()
         if self.log:
-            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+            try:
+                value = math.exp(_between(math.log(self.low), math.log(self.high), fraction))
+            except OverflowError:
+                value = self.high
         else:
-            value = rng.uniform(self.low, self.high)
-        return _tidy(min(max(value, self.low), self.high))
+            value = _between(self.low, self.high, fraction)
+        value = min(max(value, self.low), self.high)
+        return round(value) if self.spec.type == "int" else _tidy(value)
+
+
+def _between(low: float, high: float, fraction: float) -> float:
+    # Not low + (high - low) * fraction, which overflows for the widest float ranges.
+    return low * (1 - fraction) + high * fraction
 
 
 def _tidy(value: float) -> float:
@@ -154,16 +161,20 @@ def _range(name: str, spec: OptionSpec, given: dict[str, Any], method: str) -> A
     for i in range(steps):
         fraction = i / (steps - 1) if steps > 1 else 0.0
         if log:
-            points.append(math.exp(math.log(low) + (math.log(high) - math.log(low)) * fraction))
+            try:
+                points.append(math.exp(_between(math.log(low), math.log(high), fraction)))
+            except OverflowError:
+                points.append(high)
         else:
-            points.append(low + (high - low) * fraction)
+            points.append(_between(low, high, fraction))
     if steps > 1:
         points[-1] = high  # exactly max, whatever the rounding on the way
+    points = [min(max(p, low), high) for p in points]
     values: list[Any] = []
     for point in points:
-        value: Any = round(point) if spec.type == "int" else _tidy(point)
-        if value not in values:
-            values.append(value)
+        item: Any = round(point) if spec.type == "int" else _tidy(point)
+        if item not in values:
+            values.append(item)
     return Axis(name, spec, tuple(values))
 
 
@@ -214,7 +225,7 @@ def grid(axes: list[Axis]) -> Iterator[dict[str, Any]]:
 def draws(axes: list[Axis], count: int, seed: int) -> Iterator[dict[str, Any]]:
     """``count`` points drawn independently (with repeats possible): the same seed, axes and
     count always give the same points."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 (reproducible draws, not secrets)
     for _ in range(count):
         yield {a.name: a.draw(rng) for a in axes}
 
@@ -231,9 +242,12 @@ def option_sets(
             fields = {}
             for key, why in errors.items():
                 option = key.removeprefix("options.")
-                if why.startswith("required"):
-                    why = "required: the option has no default, so the sweep must give it values"
-                fields[f"parameters.{option}"] = why
+                required = why.startswith("required")
+                fields[f"parameters.{option}"] = (
+                    "required: the option has no default, so the sweep must give it values"
+                    if required
+                    else why
+                )
             raise SpecError(fields)
         complete.append(options)
     return complete

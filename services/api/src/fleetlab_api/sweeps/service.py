@@ -26,6 +26,7 @@ from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundE
 from fleetlab_api.experiments import listing
 from fleetlab_api.experiments import repository as experiments
 from fleetlab_api.experiments.schemas import TERMINAL, Experiment
+from fleetlab_api.experiments.service import check_artifact_inputs
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.sweeps import generate
 from fleetlab_api.sweeps import repository as repo
@@ -99,6 +100,7 @@ async def create(conn: Conn, relay: OutboxRelay, body: SweepCreate) -> Sweep:
 
     sweep_id = uuid7()
     run = project.run_spec()
+    await check_artifact_inputs(conn, run)
     label = body.name or f"sweep-{sweep_id.hex[-6:]}"
     rows: list[tuple[Any, ...]] = []
     events: list[ExperimentSubmitted] = []
@@ -212,7 +214,7 @@ async def _view(conn: Conn, row: asyncpg.Record, counts: dict[str, int]) -> Swee
         seed=row["seed"],
         metric=row["metric"],
         goal=row["goal"],
-        status=_status(row, counts),  # type: ignore[arg-type]
+        status=_status(row, counts),
         counts=counts,
         done=sum(n for s, n in counts.items() if s in TERMINAL),
         best=best,

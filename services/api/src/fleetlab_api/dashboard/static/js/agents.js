@@ -1,5 +1,5 @@
 // Agents: hardware, labels, capacity in use, running experiments, drain; live from the events.
-import { $, api, Chart, clear, fmtBytes, h, live, optional, showError } from "./lib.js";
+import { $, api, clear, fmtBytes, h, live, optional, showError, usageCharts } from "./lib.js";
 
 export function agentCard(a, { compact = false, onDrain } = {}) {
   const hw = a.hardware || {};
@@ -32,18 +32,12 @@ export function agentCard(a, { compact = false, onDrain } = {}) {
   return card;
 }
 
-async function usageCharts(a) {
+async function usage(a) {
   const box = document.querySelector(`[data-usage="${CSS.escape(a.id)}"]`);
   if (!box) return;
-  let usage;
-  try { usage = await optional(`/api/v1/agents/${encodeURIComponent(a.id)}/usage`); } catch { return; }
-  const samples = usage && (usage.samples || usage.items || (Array.isArray(usage) ? usage : null));
-  if (!samples || !samples.length) return;
-  const keys = Object.keys(samples[0]).filter((k) => typeof samples[0][k] === "number" && !["step"].includes(k));
-  for (const key of keys.slice(0, 4)) {
-    const chart = new Chart(box, key, { xLabel: "time", time: true });
-    chart.set([{ label: key, points: samples.map((s) => [Date.parse(s.ts || s.time) / 1000, s[key]]) }]);
-  }
+  let data;
+  try { data = await optional(`/api/v1/agents/${encodeURIComponent(a.id)}/usage?points=200`); } catch { return; }
+  if (data && (data.samples || []).length) usageCharts(box, data.samples);
 }
 
 async function page() {
@@ -52,7 +46,7 @@ async function page() {
   const render = () => {
     if (!agents.size) { clear(box, h("p", {}, "No agents yet. Start one with `fleetlab agent`.")); return; }
     clear(box, [...agents.values()].map((a) => agentCard(a, { onDrain: drain })));
-    for (const a of agents.values()) usageCharts(a);
+    for (const a of agents.values()) usage(a);
   };
   const load = async () => {
     try {
@@ -80,7 +74,7 @@ async function page() {
       if (ev.slots !== undefined) Object.assign(a, { slots: ev.slots, busy: ev.busy, running: ev.running });
       const old = document.querySelector(`[data-agent="${CSS.escape(a.id)}"]`);
       if (old) old.replaceWith(agentCard(a, { onDrain: drain }));
-      usageCharts(a);
+      usage(a);
     },
   });
 }

@@ -110,11 +110,24 @@ export function debounce(fn, ms) {
   return wrapped;
 }
 
+// An event can reach the page a moment before the API's read model has applied it: read
+// `path` again (a few times, briefly) until `ready(body)` holds; the last answer either way.
+export async function settled(path, ready, { tries = 20, ms = 250 } = {}) {
+  let body = null;
+  for (let i = 0; i < tries; i++) {
+    body = await api(path);
+    if (ready(body)) return body;
+    await new Promise((r) => setTimeout(r, ms));
+  }
+  return body;
+}
+
 // The live event stream (/api/v1/events): one EventSource per page, handlers by event name.
 export function live(handlers, { experiment } = {}) {
   const badge = $("#live");
   const url = experiment ? `/api/v1/events?experiment=${encodeURIComponent(experiment)}` : "/api/v1/events";
   const source = new EventSource(url);
+  if (badge) badge.hidden = false;
   const set = (on) => {
     if (!badge) return;
     badge.textContent = on ? "● live" : "○ reconnecting";
@@ -199,4 +212,15 @@ export class Chart {
 export function whenCharts(fn) {
   if (typeof uPlot !== "undefined") fn();
   else window.addEventListener("load", fn, { once: true });
+}
+
+// Resource-usage samples ({ts, cpu_percent, rss_mb, ...}) as one chart per measure.
+const USAGE = { cpu_percent: "CPU %", rss_mb: "memory (MB)", memory_used_mb: "memory used (MB)", gpu_percent: "GPU %", gpu_memory_mb: "GPU memory (MB)" };
+export function usageCharts(box, samples) {
+  clear(box);
+  for (const [key, title] of Object.entries(USAGE)) {
+    const points = samples.filter((s) => typeof s[key] === "number").map((s) => [Date.parse(s.ts) / 1000, s[key]]);
+    if (points.length) new Chart(box, title, { xLabel: "time", time: true }).set([{ label: title, points }]);
+  }
+  return box.children.length > 0;
 }

@@ -1,7 +1,7 @@
 // The experiments table: sortable by any column (option, score, metric), filters, editable
 // notes, multi-select to compare, CSV export, keyset paging ("Load more" follows `next`),
 // statuses kept live from the event stream.
-import { $, $$, api, ApiError, clear, debounce, fmtTime, fmtValue, h, statusBadge, toast } from "./lib.js";
+import { $, $$, api, ApiError, clear, debounce, fmtTime, fmtValue, h, settled, statusBadge, toast } from "./lib.js";
 
 const PAGE = 50;
 
@@ -157,7 +157,9 @@ export class ExperimentTable {
         const agent = row.querySelector('[data-col="agent_id"]');
         if (agent && ev.agent_id) agent.textContent = ev.agent_id;
       }
-      if (ev.type === "agent.experiment.finished") this.refresh(ev.experiment_id);
+      if (["agent.experiment.finished", "scheduler.experiment.cancelled", "scheduler.experiment.lost"].includes(ev.type)) {
+        this.refresh(ev.experiment_id, ev.status);
+      }
     } else if (!known && ev.type === "api.experiment.submitted" && !this.filters.sort.value.trim()
                && (!this.project || ev.project === this.project)) {
       try {
@@ -173,9 +175,9 @@ export class ExperimentTable {
   }
 
   // Scores arrive with the end: read the record again (a moment later it holds them).
-  async refresh(id) {
+  async refresh(id, status) {
     try {
-      const e = await api(`/api/v1/experiments/${id}`);
+      const e = await settled(`/api/v1/experiments/${id}`, (x) => x.status === status);
       const i = this.rows.findIndex((x) => x.id === id);
       if (i >= 0 && $$("textarea:focus", this.table).length === 0) {
         this.rows[i] = { ...e, status: this.rows[i].status };

@@ -1,0 +1,1 @@
+// The login page needs no script; this module keeps the page shape of the others.
