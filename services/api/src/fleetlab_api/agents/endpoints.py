@@ -38,7 +38,7 @@ class Agent(BaseModel):
 class DrainRequest(BaseModel):
     """``POST /api/v1/agents/{id}/drain``: ``draining: false`` puts the agent back to work."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"draining": True}]})
 
     draining: bool = True
 

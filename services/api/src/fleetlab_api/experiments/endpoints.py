@@ -161,7 +161,9 @@ async def export_experiments(
 class StopRequest(BaseModel):
     """``POST /api/v1/experiments/{id}/stop`` (the body is optional)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "diverged"}]}
+    )
 
     reason: str = Field(default="stopped by user", min_length=1, max_length=500)
 

@@ -17,7 +17,20 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
 class ExperimentCreate(BaseModel):
     """``POST /api/v1/experiments``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "project": "mnist",
+                    "options": {"lr": 0.01, "epochs": 5, "optimiser": "adam"},
+                    "name": "adam, small lr",
+                    "priority": 0,
+                    "tags": ["baseline"],
+                }
+            ]
+        },
+    )
 
     project: Text = Field(min_length=1, description="The project's id or name.")
     options: dict[str, Any] = Field(default_factory=dict)
@@ -68,7 +81,10 @@ class ExperimentPage(BaseModel):
 class ExperimentUpdate(BaseModel):
     """``PATCH /api/v1/experiments/{id}``: rename, or save notes (the dashboard autosaves)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "lr 0.01", "notes": "diverged after epoch 3"}]},
+    )
 
     name: Text | None = Field(default=None, max_length=200)
     notes: Text | None = Field(default=None, max_length=100_000)

@@ -61,7 +61,11 @@ def _names(names: str | None) -> list[str] | None:
                             },
                             {"type": "object", "description": "wide: {step, <name>: value, ...}"},
                         ]
-                    }
+                    },
+                    "example": [
+                        {"name": "loss", "value": 0.42, "step": 1},
+                        {"name": "loss", "value": 0.31, "step": 2, "metadata": {"phase": "train"}},
+                    ],
                 }
             },
         }

@@ -193,7 +193,29 @@ class RunFields(BaseModel):
 class ProjectCreate(RunFields):
     """``POST /api/v1/projects``."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "mnist",
+                    "command": ["python3", "train.py"],
+                    "option_style": "double-dash",
+                    "schema": {
+                        "lr": {"type": "float", "default": 0.1},
+                        "epochs": {"type": "int", "default": 10},
+                        "optimiser": {"type": "enum", "default": "sgd", "values": ["sgd", "adam"]},
+                        "cuda": {"type": "bool", "default": False},
+                    },
+                    "resources": {"cpus": 1, "gpus": 0, "memory_mb": 2048},
+                    "labels": ["cpu"],
+                    "max_retries": 1,
+                    "timeout_s": 3600,
+                }
+            ]
+        },
+    )
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique; usable wherever an id is.")
     schema_: dict[Text, OptionSpec] = Field(default_factory=dict, alias="schema")
@@ -244,7 +266,11 @@ class ProjectUpdate(BaseModel):
     checked as a whole, as on creation. Experiments already submitted keep the options and
     run spec they were submitted with."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={"examples": [{"timeout_s": 7200, "env": {"OMP_NUM_THREADS": "2"}}]},
+    )
 
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")

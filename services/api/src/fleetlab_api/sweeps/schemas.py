@@ -124,6 +124,8 @@ class SweepPage(BaseModel):
 class SweepStop(BaseModel):
     """``POST /api/v1/sweeps/{id}/stop`` (the body is optional)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "enough trials"}]}
+    )
 
     reason: Text = Field(default="sweep stopped by user", min_length=1, max_length=500)

@@ -13,7 +13,7 @@ from fleetlab_api.projects.schemas import NAME_PATTERN
 class TokenCreate(BaseModel):
     """``POST /api/v1/tokens``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "ci"}]})
 
     name: str = Field(pattern=NAME_PATTERN, description="Unique; what the token is for.")
 

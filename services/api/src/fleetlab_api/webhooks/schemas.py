@@ -70,7 +70,12 @@ class WebhookCreate(BaseModel):
 class WebhookUpdate(BaseModel):
     """``PATCH /api/v1/webhooks/{id}``: only the fields given change."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"events": ["experiment.finished"], "description": "CI notifier"}]
+        },
+    )
 
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     events: list[PublicEvent] | None = Field(default=None, min_length=1, max_length=32)

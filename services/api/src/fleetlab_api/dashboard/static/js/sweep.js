@@ -55,8 +55,12 @@ async function main() {
   const table = new ExperimentTable({ sweep: s.id });
   await table.load();
   live({
-    experiment: (ev) => {
-      const trial = table.rows.some((e) => e.id === ev.experiment_id);
+    experiment: async (ev) => {
+      let trial = table.rows.some((e) => e.id === ev.experiment_id);
+      if (!trial && ev.status) {
+        try { trial = (await api(`/api/v1/experiments/${ev.experiment_id}`)).sweep_id === s.id; } catch { /* gone */ }
+        if (trial && !table.rows.some((e) => e.id === ev.experiment_id)) table.reload();
+      }
       table.onEvent(ev);
       if (ev.status && trial) load(true);
     },
