@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,9 +223,22 @@ def test_compare_two_experiments(
     expect(page.locator("#parallel svg polyline")).to_have_count(2)
     screenshot(page, "compare")
 
-    page.goto("/projects/dash?sort=-results._scores.accuracy")
+    page.goto("/experiments?sort=-results._scores.accuracy")
     expect(page.locator("#experiments tbody tr").first).to_contain_text("fast lr")
+    expect(page.locator('th[aria-sort="descending"]')).to_contain_text("accuracy")
+    expect(page.locator('#experiments td[data-col="metrics.loss"]').first).not_to_be_empty()
     screenshot(page, "experiments")
+
+    # A metric is a column too, and sorts by its last value.
+    page.goto("/projects/dash")
+    page.locator('th button[data-sort="metrics.loss"]').click()
+    expect(page).to_have_url(re.compile(r"sort=metrics\.loss"))
+    expect(page.locator('th[aria-sort="ascending"]')).to_contain_text("loss")
+    cells = page.locator('#experiments td[data-col="metrics.loss"]')
+    expect(cells.first).not_to_be_empty()
+    values = [float(v) for v in cells.all_inner_texts() if v.strip()]
+    assert len(values) >= 2
+    assert values == sorted(values)
 
 
 def test_stop_a_running_experiment_from_its_page(
@@ -241,6 +255,20 @@ def test_stop_a_running_experiment_from_its_page(
     expect(page.locator("#log .end-marker")).to_contain_text("stopped")
     expect(page.get_by_role("button", name="Stop")).to_be_hidden()
     assert client.get(f"/api/v1/experiments/{experiment['id']}").json()["status"] == "stopped"
+
+    # The table filters by status, and exports what it shows.
+    page.goto("/experiments")
+    page.get_by_label("Status").select_option("stopped")
+    expect(page).to_have_url(re.compile(r"/experiments\?status=stopped$"))
+    rows = page.locator("#experiments tbody tr")
+    expect(rows.locator("[data-field=status]").first).to_have_text("stopped")
+    expect(page.locator(f'#experiments tr[data-id="{experiment["id"]}"]')).to_be_visible()
+    assert set(rows.locator("[data-field=status]").all_inner_texts()) == {"stopped"}
+    href = page.get_by_role("link", name="Export CSV").get_attribute("href") or ""
+    assert "status=stopped" in href and "format=csv" in href
+    csv = client.get(href)
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert experiment["id"] in csv.text
 
 
 def test_late_open_of_a_12000_line_log_shows_the_skip_marker(
@@ -334,6 +362,63 @@ def test_webhook_endpoint_added_from_the_page(page: Page, client: httpx.Client) 
     expect(page.locator("#webhooks tbody tr", has_text="hooks.example.org")).to_contain_text(
         "paused"
     )
+
+
+MAIN_PY = """
+import os, struct, zlib
+
+def png(width, height):
+    row = b"\\x00" + bytes([5, 80, 174]) * width
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+
+out = os.environ["FLEETLAB_OUTPUTS_DIR"]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "plot.png"), "wb") as f:
+    f.write(png(40, 30))
+with open(os.path.join(out, "model.txt"), "w") as f:
+    f.write("weights")
+print("outputs written")
+"""
+
+
+def test_code_snapshot_and_output_files_with_image_preview(
+    page: Page, client: httpx.Client, tmp_path: Path, ended: Ended
+) -> None:
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "main.py").write_text(MAIN_PY)
+    archive = tmp_path / "code.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder / "main.py", arcname="main.py")
+    upload = client.post(
+        "/api/v1/code",
+        content=archive.read_bytes(),
+        headers={"content-type": "application/gzip"},
+    )
+    assert upload.status_code == 201, upload.text
+    digest = upload.json()["digest"]
+    body = {"name": "coded", "command": ["python3", "main.py"], "code": digest}
+    assert client.post("/api/v1/projects", json=body).status_code == 201
+    experiment = client.post("/api/v1/experiments", json={"project": "coded"}).json()
+    assert ended(client, experiment["id"])["status"] == "succeeded"
+
+    page.goto(f"/experiments/{experiment['id']}")
+    files = page.locator("#files")
+    expect(files.get_by_role("link", name="model.txt")).to_be_visible()
+    preview = files.get_by_role("img", name="Preview of plot.png")
+    expect(preview).to_be_visible()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth === 40", arg=preview.element_handle()
+    )
+    code = page.locator("#code-box")
+    expect(code).to_contain_text(digest)
+    code.get_by_role("button", name="main.py").click()
+    expect(code.locator("pre.code")).to_contain_text("FLEETLAB_OUTPUTS_DIR")
 
 
 def test_agents_page_and_drain(page: Page, screenshot: Shot) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from fleetlab_common.embedded import free_port
-from tests.e2e.test_up import Stack, start_stack, stop_stack, wait_until
+from fleetlab_common.testing.stack import Stack, start_stack, stop_stack, wait_until
 
 pytestmark = pytest.mark.e2e
 

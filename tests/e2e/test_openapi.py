@@ -64,6 +64,7 @@ def _config_with_real_things(stack: Stack, path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(600)
 def test_generated_requests_find_no_server_error_and_no_undocumented_answer(
     stack: Stack, tmp_path: Path
 ) -> None:

@@ -201,7 +201,10 @@ def test_cli_grid_sweep_runs_within_its_parallelism_and_its_end_reaches_a_webhoo
     stack: Stack, client: httpx.Client, train_py: Path, receiver: Receiver
 ) -> None:
     create_project(client, "grid", train_py, sleep=1.0)
-    hook = client.post("/api/v1/webhooks", json={"url": receiver.url, "events": ["sweep.finished"]})
+    hook = client.post(
+        "/api/v1/webhooks",
+        json={"url": receiver.url, "events": ["sweep.finished"], "project": "grid"},
+    )
     assert hook.status_code == 201, hook.text
 
     sweep = as_json(

@@ -4,6 +4,7 @@ sees them over HTTP while it runs and after it ended."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from fleetlab_common.embedded import free_port
-from fleetlab_common.testing.stack import Stack, start_stack, stop_stack, wait_until
+from fleetlab_common.testing.stack import FLEETLAB, Stack, start_stack, stop_stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +98,12 @@ def test_usage_and_results_show_while_a_run_goes_and_stay_after(stack: Stack) ->
         assert 0 < agent["usage"]["memory_used_mb"] <= agent["usage"]["memory_total_mb"]
         machine = client.get(f"/api/v1/agents/{AGENT}/usage", params={"points": 5}).json()
         assert 0 < len(machine["samples"]) <= 5
+        # MLBench's worker list, in the terminal: each agent's CPU and memory now.
+        table = subprocess.run(
+            [FLEETLAB, "agents"], env=stack.env(), capture_output=True, text=True, check=True
+        ).stdout
+        (row,) = [line for line in table.splitlines() if AGENT in line]
+        assert "%" in row and "GiB" in row
 
         (stack.home / "agent" / AGENT / "work" / f"{eid}-1" / "go").write_text("")
         done = wait_until(

@@ -349,14 +349,25 @@ def agents(api: ApiOpt = None, token: TokenOpt = None, as_json: JsonOpt = False)
     if as_json:
         _print_json(found)
         return
+
+    def use(agent: dict[str, Any]) -> tuple[str, str]:
+        # The machine's latest resource sample (MLBench's CPU/memory per worker).
+        u = agent.get("usage")
+        if not u:
+            return "-", "-"
+        gib = 1024
+        memory = f"{u['memory_used_mb'] / gib:.1f}/{u['memory_total_mb'] / gib:.1f} GiB"
+        return f"{u['cpu_percent']:.0f}%", memory
+
     _table(
-        ["id", "host", "status", "busy/slots", "labels", "last seen"],
+        ["id", "host", "status", "busy/slots", "cpu", "memory", "labels", "last seen"],
         [
             [
                 a["id"],
                 a["hostname"],
                 a["status"],
                 f"{a['busy']}/{a['slots']}",
+                *use(a),
                 ",".join(a["labels"]),
                 a["last_seen"],
             ]

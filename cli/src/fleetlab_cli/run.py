@@ -365,9 +365,17 @@ def run(
         return
     if not as_json:
         err.print(f"{experiment['id']} submitted; following its output", highlight=False)
-    final: dict[str, Any] = _call(
-        api, token, lambda c: follow(c, experiment["id"], to_stderr=as_json)
-    )
+    try:
+        final: dict[str, Any] = _call(
+            api, token, lambda c: follow(c, experiment["id"], to_stderr=as_json)
+        )
+    except KeyboardInterrupt:
+        err.print(
+            f"\nstopped following; {experiment['id']} goes on "
+            f"(fleetlab logs -f {experiment['id']}; fleetlab stop {experiment['id']})",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_STOPPED) from None
     if as_json:
         _print_json(final)
     else:

@@ -279,10 +279,11 @@ async def test_an_unknown_snapshot_is_refused_naming_code_and_creates_nothing(
         "/api/v1/experiments", json={"project": project["name"], "code": unknown}
     )
     assert response.status_code == 422 and "code" in response.json()["fields"]
-    bad = await client.post(
-        "/api/v1/experiments", json={"project": project["name"], "code": "main"}
-    )
-    assert bad.status_code == 422 and "code" in bad.json()["fields"]
+    for bad_ref in ("main", ""):
+        bad = await client.post(
+            "/api/v1/experiments", json={"project": project["name"], "code": bad_ref}
+        )
+        assert bad.status_code == 422 and "code" in bad.json()["fields"]
     listed = (await client.get("/api/v1/experiments", params={"project": project["name"]})).json()
     assert listed["items"] == []
     refused = await client.post(

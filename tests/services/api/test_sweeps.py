@@ -505,3 +505,33 @@ async def test_list_sweeps_newest_first_by_project_with_paging(
     assert ids == [s["id"] for s in reversed(made)]
     assert second.json()["next"] is None
     assert all(s["project"] == project and s["counts"] == {"queued": 1} for s in page["items"])
+
+
+async def test_best_trial_by_a_metric_and_by_an_option(
+    client: httpx.AsyncClient, project: str, db: asyncpg.Connection
+) -> None:
+    by_loss = await create(
+        client,
+        project,
+        parameters={"lr": [0.1, 0.2, 0.3]},
+        metric="metrics.loss.min",
+        goal="minimize",
+    )
+    found = await trials(client, by_loss["id"])
+    for trial, low in zip(found[:2], (0.31, 0.12), strict=True):  # found[2] reports no loss
+        await db.execute(
+            """INSERT INTO metric_summary (experiment_id, name, last, last_ts, min, max, count)
+               VALUES ($1, 'loss', $2::float8, now(), $2::float8, $2::float8 + 1, 3)""",
+            uuid.UUID(trial["id"]),
+            low,
+        )
+    sweep = await get(client, by_loss["id"])
+    assert (sweep["best"]["id"], sweep["best_value"]) == (found[1]["id"], 0.12)
+
+    # Any sort key of the list works, an option too: the smallest lr.
+    by_lr = await create(
+        client, project, parameters={"lr": [0.3, 0.05, 0.2]}, metric="options.lr", goal="minimize"
+    )
+    assert (await get(client, by_lr["id"]))["best_value"] == 0.05
+    unranked = await create(client, project, parameters={"lr": [0.3]})
+    assert (await get(client, unranked["id"]))["best"] is None

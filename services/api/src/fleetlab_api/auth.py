@@ -3,6 +3,8 @@
 
 Health stays open (``/healthz``, ``/api/v1/health``): load balancers and ``fleetlab up`` probe
 it without credentials. Binding to another address with auth off refuses to start.
+WebSockets are checked like requests. The dashboard's login keeps a token in an HttpOnly
+cookie, taken like the header; its static files are open.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class AuthMiddleware:
         auth: AuthSettings = self.state.settings.auth
         path: str = scope.get("path", "")
         if (
-            scope["type"] != "http"
+            scope["type"] not in ("http", "websocket")
             or not auth.on
             or path in OPEN_PATHS
             or path.startswith(OPEN_PREFIXES)
@@ -101,6 +103,11 @@ class AuthMiddleware:
             header = f"Bearer {cookie}"
         if await self._allowed(header, auth):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            # Refused before the handshake completes: the client sees HTTP 403.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
             return
         if (
             not auth.password.get_secret_value()

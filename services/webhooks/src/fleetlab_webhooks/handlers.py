@@ -7,12 +7,13 @@ from typing import Any
 
 import structlog
 from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.events import Event, Rpc
 from fleetlab_common.log import get_logger
 from fleetlab_webhooks.public import CONSUMED
-from fleetlab_webhooks.service import CONSUMER, WebhookError, Webhooks
+from fleetlab_webhooks.service import CONSUMER, SubmissionNotSeenError, WebhookError, Webhooks
 from fleetlab_webhooks.state import State
 
 log = get_logger(__name__)
@@ -42,10 +43,22 @@ async def answer(webhooks: Webhooks, verb: str, body: Any) -> dict[str, Any]:
         return {"ok": False, "status": 500, "error": "internal error: the failure is logged"}
 
 
+# An experiment's event read before its submission is put back this many times (a short,
+# growing delay each) before it is taken with what is known.
+WAIT_FOR_SUBMISSION_DELIVERIES = 6
+
+
 def _register_event(broker: NatsBroker, state: State, event: type[Event]) -> None:
-    async def handle_event(body: Event) -> None:
+    async def handle_event(body: Event, msg: NatsMessage) -> None:
+        delivered = msg.raw_message.metadata.num_delivered or 1
         with structlog.contextvars.bound_contextvars(event_id=str(body.id), event_type=body.type):
-            await state.get().on_event(body)
+            try:
+                await state.get().on_event(
+                    body, wait_for_submission=delivered < WAIT_FOR_SUBMISSION_DELIVERIES
+                )
+            except SubmissionNotSeenError:
+                log.info("webhooks.event.before_submission", delivered=delivered)
+                await msg.nack(delay=min(0.1 * 2**delivered, 5.0))
 
     # FastStream decodes the message into the class its annotation names: the concrete one.
     handle_event.__annotations__["body"] = event

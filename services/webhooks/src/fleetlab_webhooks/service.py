@@ -59,6 +59,11 @@ from fleetlab_webhooks.ssrf import (
 
 log = get_logger(__name__)
 
+
+class SubmissionNotSeenError(Exception):
+    """An event about an experiment whose submission this service has not read yet."""
+
+
 CONSUMER = "webhooks"
 USER_AGENT = "Fleetlab-Webhooks/0.1"
 
@@ -347,8 +352,14 @@ class Webhooks:
 
     # -- events in ------------------------------------------------------------------------
 
-    async def on_event(self, event: Event) -> int:
-        """Turn one internal event into deliveries (once, whatever the redeliveries)."""
+    async def on_event(self, event: Event, *, wait_for_submission: bool = False) -> int:
+        """Turn one internal event into deliveries (once, whatever the redeliveries).
+
+        Each event type has a consumer of its own, so an experiment's end can be read before
+        its submission (after a backlog, say): then its project is not known yet and an
+        endpoint filtered by project would miss it. With ``wait_for_submission`` such an event
+        raises :class:`SubmissionNotSeenError` and changes nothing, for the caller to try it
+        again a little later."""
         public_type = public.public_type(event)
         if public_type is None:
             return 0
@@ -361,6 +372,8 @@ class Webhooks:
                 record = await repo.merge_experiment(
                     conn, experiment_id, public.experiment_facts(event)
                 )
+                if wait_for_submission and not record.get("project"):
+                    raise SubmissionNotSeenError(experiment_id)
             endpoints = await repo.matching_endpoints(
                 conn,
                 public_type,

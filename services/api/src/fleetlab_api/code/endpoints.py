@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mimetypes
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
@@ -17,6 +16,15 @@ from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import ApiError, NotFoundError, error_body
 
 router = APIRouter(prefix="/api/v1/code", tags=["code"])
+
+Digest = Annotated[
+    str,
+    Path(
+        pattern=r"^(sha256:)?[0-9a-fA-F]{64}$",
+        description="The snapshot's digest: sha256:<hex>, or the bare hex",
+        examples=["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"],
+    ),
+]
 
 GZIP_TYPES = {
     "application/gzip",
@@ -38,7 +46,10 @@ _UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "FLEETLAB_MAX_CODE_UNPACKED_MB unpacked (1 GiB), FLEETLAB_MAX_CODE_FILES members "
         "(50,000)"
     },
-    415: {"description": "Neither a gzip body nor multipart/form-data"},
+    415: {
+        "description": "Neither a gzip body nor multipart/form-data",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
     422: {
         "description": "Refused: not a gzip tar, or a member that escapes the root, is a "
         "link, a device file or a FIFO (the message names the member)",
@@ -151,7 +162,7 @@ async def list_code(
 
 
 @router.get("/{digest}", response_model=service.CodeSnapshot, responses=_ERRORS)
-async def get_code(digest: str, conn: ConnDep) -> service.CodeSnapshot:
+async def get_code(digest: Digest, conn: ConnDep) -> service.CodeSnapshot:
     """A snapshot's metadata and every file in it (path, size), sorted by path."""
     return await service.get(conn, digest)
 
@@ -161,7 +172,7 @@ async def get_code(digest: str, conn: ConnDep) -> service.CodeSnapshot:
     responses={**_ERRORS, 200: {"content": {"application/gzip": {}}}},
     response_class=Response,
 )
-async def download_archive(digest: str, conn: ConnDep, state: StateDep) -> Response:
+async def download_archive(digest: Digest, conn: ConnDep, state: StateDep) -> Response:
     """The snapshot as a .tar.gz (its canonical form)."""
     snapshot = await service.get(conn, digest)
     data = await service.archive_bytes(state, snapshot)
@@ -175,11 +186,17 @@ async def download_archive(digest: str, conn: ConnDep, state: StateDep) -> Respo
 
 @router.get(
     "/{digest}/files/{path:path}",
-    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "The file: text/plain when it is UTF-8 text, else bytes",
+            "content": {"text/plain": {}, "application/octet-stream": {}},
+        },
+    },
     response_class=Response,
 )
 async def read_file(
-    digest: str,
+    digest: Digest,
     path: Annotated[str, Path(description="The file's path inside the snapshot")],
     conn: ConnDep,
     state: StateDep,
@@ -191,9 +208,8 @@ async def read_file(
     data = read_member(await service.archive_bytes(state, snapshot), path)
     if data is None:
         return JSONResponse(error_body(f"{path!r} is not a file"), status_code=404)
-    media_type, _ = mimetypes.guess_type(path)
-    if media_type is None or not (media_type.startswith("text/") or media_type.endswith("json")):
-        media_type = "text/plain" if _looks_textual(data) else "application/octet-stream"
+    # Text as text (a browser shows it), anything else as bytes.
+    media_type = "text/plain" if _looks_textual(data) else "application/octet-stream"
     return Response(data, media_type=media_type)
 
 

@@ -98,8 +98,8 @@ async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Expe
             errors,
         )
     # The code snapshot it runs: its own, else the project's default.
-    code_ref = body.code or project.code
-    snapshot = await code.resolve(conn, code_ref) if code_ref else None
+    code_ref = body.code if body.code is not None else project.code
+    snapshot = await code.resolve(conn, code_ref) if code_ref is not None else None
     run = project.run_spec()
     await check_artifact_inputs(conn, run)
     if snapshot is not None:

@@ -22,7 +22,7 @@ log = get_logger(__name__)
 
 
 async def create(conn: Conn, body: ProjectCreate) -> Project:
-    if body.code:  # the default code snapshot must be stored
+    if body.code is not None:  # the default code snapshot must be stored
         body = body.model_copy(update={"code": (await code.resolve(conn, body.code)).digest})
     project = await repo.insert(conn, body)
     if project is None:
@@ -75,7 +75,7 @@ async def update(conn: Conn, ref: str, body: ProjectUpdate) -> Project:
         checked = ProjectCreate.model_validate(merged)
     except ValidationError as exc:
         raise _invalid(exc) from None
-    if checked.code:  # the default code snapshot must be stored
+    if checked.code is not None:  # the default code snapshot must be stored
         checked = checked.model_copy(
             update={"code": (await code.resolve(conn, checked.code)).digest}
         )

@@ -89,6 +89,17 @@ async def active_trials(conn: Conn, sweep_id: uuid.UUID) -> list[uuid.UUID]:
     return [r["id"] for r in rows]
 
 
+async def has_active(conn: Conn, sweep_id: uuid.UUID) -> bool:
+    """Whether a trial is still queued or running (one index probe, whatever the size)."""
+    found = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM experiments
+                          WHERE sweep_id = $1 AND status = ANY($2::text[]))""",
+        sweep_id,
+        list(ACTIVE),
+    )
+    return bool(found)
+
+
 async def mark_stopped(conn: Conn, sweep_id: uuid.UUID) -> None:
     await conn.execute(
         "UPDATE sweeps SET stopped_at = coalesce(stopped_at, now()) WHERE id = $1", sweep_id

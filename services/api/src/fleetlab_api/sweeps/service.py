@@ -24,9 +24,9 @@ import asyncpg
 
 from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import listing
-from fleetlab_api.experiments import repository as experiments
 from fleetlab_api.experiments.schemas import TERMINAL, Experiment
 from fleetlab_api.experiments.service import check_artifact_inputs
+from fleetlab_api.metrics import summary as metric_summary
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.sweeps import generate
 from fleetlab_api.sweeps import repository as repo
@@ -170,26 +170,31 @@ async def best_trial(
         sort = _sort(metric, goal)
     except ApiError:  # a key the list no longer sorts by
         return None, None
+    indexed = sort.metric is not None or sort.score is not None
     after = None
-    if not sort.descending:
-        # Ascending, a missing value sorts first: start after every missing one.
+    if not indexed and not sort.descending:
+        # A field or option sorts a missing value first when ascending: start after every
+        # missing one. (Metric and score sorts put experiments without the value last.)
         raw = json.dumps({"s": sort.token, "v": None, "id": _LAST_ID})
         cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
         after = listing.decode_cursor(sort, cursor)
-    rows = await experiments.page_sorted(
+    rows = await metric_summary.page_sorted(
         conn,
         project_id=None,
         status=None,
         tag=None,
         sweep_id=sweep_id,
         sort=sort,
+        filters=[],
         after=after,
         limit=1,
     )
     if not rows:
         return None, None
-    value = sort.value_of(rows[0])
-    return (rows[0], value) if value is not None else (None, None)
+    experiment, value = rows[0]
+    if not indexed:
+        value = sort.value_of(experiment)
+    return (experiment, value) if value is not None else (None, None)
 
 
 def _status(row: asyncpg.Record, counts: dict[str, int]) -> str:
@@ -299,9 +304,9 @@ async def finish_if_done(conn: Conn, experiment_id: object) -> bool:
     row = await repo.lock_unfinished(conn, sweep_id)
     if row is None:
         return False
-    counts = (await repo.counts(conn, [sweep_id]))[sweep_id]
-    if any(counts.get(s, 0) for s in repo.ACTIVE):
+    if await repo.has_active(conn, sweep_id):
         return False
+    counts = (await repo.counts(conn, [sweep_id]))[sweep_id]
     await repo.mark_finished(conn, sweep_id)
     best, value = await best_trial(conn, sweep_id, row["metric"], row["goal"])
     status = "stopped" if row["stopped_at"] is not None else "finished"

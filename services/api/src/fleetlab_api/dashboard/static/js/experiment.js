@@ -7,6 +7,7 @@ import {
 
 const ref = document.body.dataset.ref;
 const TERMINAL = new Set(["succeeded", "failed", "stopped", "lost"]);
+const MAX_SHOWN = 20000;
 const IMAGE = /\.(png|jpe?g|gif|webp|svg)$/i;
 let exp = null;
 const charts = new Map();
@@ -210,6 +211,8 @@ class LogView {
     if (this.source) this.source.close();
     clear(this.box);
     this.lines = 0;
+    this.trimmed = null;
+    this.trimmedCount = 0;
     const stream = $("#log-stream").value;
     const q = stream ? `?stream=${stream}` : "";
     const source = new EventSource(`/api/v1/experiments/${exp.id}/logs/stream${q}`);
@@ -257,9 +260,31 @@ class LogView {
     this.lines += this.pending.length;
     this.pending = [];
     this.box.append(frag);
+    this.trim();
     if (q) this.count();
     $("#log-state").textContent = `live · ${this.lines.toLocaleString("en")} lines shown`;
     if (this.follow.checked) this.scroll();
+  }
+
+  // A run that prints for hours keeps the page light: past MAX_SHOWN lines the oldest go (the
+  // first lines, the skip marker and the download keep the whole log within reach).
+  trim() {
+    const extra = this.box.querySelectorAll(".ln").length - MAX_SHOWN;
+    if (extra <= 0) return;
+    const after = this.box.querySelector(".skip-marker") || this.trimmed;
+    let node = after ? after.nextElementSibling : this.box.firstElementChild;
+    let removed = 0;
+    while (node && removed < extra + 1000) {
+      const next = node.nextElementSibling;
+      if (node.classList.contains("ln")) { node.remove(); removed++; }
+      node = next;
+    }
+    if (!this.trimmed) {
+      this.trimmed = h("div", { class: "skip-marker", role: "note" });
+      if (after) after.after(this.trimmed); else this.box.prepend(this.trimmed);
+    }
+    this.trimmedCount = (this.trimmedCount || 0) + removed;
+    this.trimmed.textContent = `… ${this.trimmedCount.toLocaleString("en")} earlier lines left out of the page (Download has them) …`;
   }
 
   scroll() { this.programmatic = true; this.box.scrollTop = this.box.scrollHeight; }
@@ -358,7 +383,9 @@ async function main() {
     metrics: onMetrics,
     resync: () => { reload(); metrics(); },
     ready: () => {
-      if (started) { reload(); return; }
+      // Read again once subscribed: a change in between is not missed.
+      reload().catch(() => {});
+      if (started) return;
       started = true;
       metrics();
       log.open();

@@ -4,4 +4,5 @@ import { ExperimentTable } from "./table.js";
 
 const table = new ExperimentTable();
 table.load();
-live({ experiment: (ev) => table.onEvent(ev), resync: () => table.reload() });
+// Read again once subscribed: nothing that happened in between is missed.
+live({ experiment: (ev) => table.onEvent(ev), resync: () => table.reload(), ready: () => table.reload() });

@@ -143,6 +143,7 @@ export function live(handlers, { experiment } = {}) {
   return source;
 }
 
+const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7];
 const PALETTE = ["#0550ae", "#bc4c00", "#116329", "#8250df", "#a40e26", "#1b7c83", "#6e7781", "#953800"];
 export const colour = (i) => PALETTE[i % PALETTE.length];
 
@@ -199,7 +200,8 @@ export class Chart {
       width: this.width(),
       height: 220,
       scales: { x: { time: this.time } },
-      axes: [{ label: this.xLabel }, {}],
+      // Steps are whole numbers: no 0.5 ticks.
+      axes: [{ label: this.xLabel, incrs: this.time ? undefined : STEP_INCRS }, {}],
       series: [{ label: this.xLabel }, ...this.series.map((s, i) => ({
         label: s.label, stroke: colour(i), width: 2, spanGaps: true, points: { show: s.points.length < 60 },
       }))],

@@ -183,7 +183,8 @@ async function main() {
   } catch { /* sweeps unavailable */ }
   const table = new ExperimentTable({ project: project.name, optionKeys: Object.keys(project.schema || {}) });
   await table.load();
-  live({ experiment: (ev) => table.onEvent(ev), resync: () => table.reload() });
+  // Read again once subscribed: nothing that happened in between is missed.
+  live({ experiment: (ev) => table.onEvent(ev), resync: () => table.reload(), ready: () => table.reload() });
 }
 
 main();

@@ -22,16 +22,23 @@ async function trialsChart(s) {
   chart.set([{ label: s.metric, points }]);
 }
 
-let shown = null;
+const TERMINAL = new Set(["succeeded", "failed", "stopped", "lost"]);
+const ended = new Set(); // trials known to have ended (from the table and the events)
+let chain = Promise.resolve(null);
 
-// `changed`: a trial's status changed; read until the sweep's counts show it.
-async function load(changed = false) {
-  let s;
-  const before = shown && JSON.stringify(shown.counts);
-  try {
-    s = await settled(`/api/v1/sweeps/${encodeURIComponent(ref)}`, (x) => !changed || JSON.stringify(x.counts) !== before);
-  } catch (err) { showError("#page-error", err); return null; }
-  shown = s;
+// Read the sweep; after an event, until its count of ended trials has caught up with it.
+function load() {
+  chain = chain.then(async () => {
+    try {
+      const s = await settled(`/api/v1/sweeps/${encodeURIComponent(ref)}`, (x) => x.done >= ended.size);
+      render(s);
+      return s;
+    } catch (err) { showError("#page-error", err); return null; }
+  });
+  return chain;
+}
+
+function render(s) {
   $("#title").textContent = `Sweep ${s.name || s.id.slice(0, 8)}`;
   $("#stop").hidden = s.status !== "running";
   clear($("#summary"),
@@ -43,7 +50,6 @@ async function load(changed = false) {
     h("dt", {}, "Best"), h("dd", {}, s.best ? [h("a", { href: `/experiments/${s.best.id}` }, s.best.name || s.best.id.slice(0, 8)), ` ${s.metric} = ${fmtValue(s.best_value)} (${s.goal})`] : "none yet"),
     h("dt", {}, "Created"), h("dd", {}, fmtTime(s.created_at)));
   trialsChart(s).catch(() => {});
-  return s;
 }
 
 async function main() {
@@ -54,6 +60,7 @@ async function main() {
   });
   const table = new ExperimentTable({ sweep: s.id });
   await table.load();
+  for (const e of table.rows) if (TERMINAL.has(e.status)) ended.add(e.id);
   live({
     experiment: async (ev) => {
       let trial = table.rows.some((e) => e.id === ev.experiment_id);
@@ -62,9 +69,12 @@ async function main() {
         if (trial && !table.rows.some((e) => e.id === ev.experiment_id)) table.reload();
       }
       table.onEvent(ev);
-      if (ev.status && trial) load(true);
+      if (!trial || !ev.status) return;
+      if (TERMINAL.has(ev.status)) ended.add(ev.experiment_id);
+      load();
     },
     resync: () => { table.reload(); load(); },
+    ready: () => { table.reload(); load(); },
   });
 }
 

@@ -48,7 +48,8 @@ export class ExperimentTable {
     }
     this.rows = [];
     this.next = null;
-    this.selected.clear();
+    this.generation = (this.generation || 0) + 1;
+    if (pushState) this.selected.clear();
     await this.load();
   }
 
@@ -57,12 +58,15 @@ export class ExperimentTable {
     if (this.next) q.set("cursor", this.next);
     const exportQ = this.query({ format: "csv" });
     $("#export").href = `/api/v1/experiments/export?${exportQ}`;
+    const generation = this.generation;
     try {
       const page = await api(`/api/v1/experiments?${q}`);
+      if (generation !== this.generation) return; // a reload started meanwhile
       $("#table-error").textContent = "";
       this.rows.push(...page.items);
       this.next = page.next;
       this.render();
+      await this.loadMetrics(page.items);
     } catch (err) {
       $("#table-error").textContent = err.message;
       const field = err instanceof ApiError && Object.keys(err.fields)[0];
@@ -70,9 +74,28 @@ export class ExperimentTable {
     }
   }
 
+  // Each row's metrics (last value), one request per page; the table works without them.
+  async loadMetrics(items) {
+    this.metrics = this.metrics || new Map();
+    const ids = items.map((e) => e.id).filter((id) => !this.metrics.has(id));
+    if (!ids.length) return;
+    try {
+      const all = await api(`/api/v1/metrics/compare?experiments=${ids.join(",")}&points=1`);
+      for (const m of all) this.metrics.set(m.experiment_id, Object.fromEntries(m.summary.map((x) => [x.name, x])));
+      this.render();
+    } catch { /* metrics unavailable: options and scores still sort */ }
+  }
+
+  metric(e, name) {
+    const m = this.metrics && this.metrics.get(e.id);
+    return m && m[name] ? m[name].last : undefined;
+  }
+
   columns() {
     const optionKeys = new Set(this.optionKeys);
     const scoreKeys = new Set();
+    const metricKeys = new Set();
+    for (const m of (this.metrics || new Map()).values()) for (const k of Object.keys(m)) metricKeys.add(k);
     for (const e of this.rows) {
       for (const k of Object.keys(e.options || {})) optionKeys.add(k);
       for (const k of Object.keys((e.results || {})._scores || {})) scoreKeys.add(k);
@@ -80,13 +103,15 @@ export class ExperimentTable {
     const list = $("#sort-keys");
     clear(list, ["created_at", "name", "status", "agent_id", "finished_at",
       ...[...optionKeys].map((k) => `options.${k}`),
-      ...[...scoreKeys].map((k) => `results._scores.${k}`)].flatMap((k) => [h("option", { value: k }), h("option", { value: `-${k}` })]));
+      ...[...scoreKeys].map((k) => `results._scores.${k}`),
+      ...[...metricKeys].map((k) => `metrics.${k}`)].flatMap((k) => [h("option", { value: k }), h("option", { value: `-${k}` })]));
     return [
       { key: "name", label: "Experiment", cell: (e) => h("a", { href: `/experiments/${e.id}` }, e.name || e.id.slice(0, 8)) },
       this.project ? null : { key: "project", label: "Project", cell: (e) => h("a", { href: `/projects/${encodeURIComponent(e.project)}` }, e.project) },
       { key: "status", label: "Status", cell: (e) => statusBadge(e.status) },
       ...[...optionKeys].map((k) => ({ key: `options.${k}`, label: k, num: true, cell: (e) => fmtValue((e.options || {})[k]) })),
       ...[...scoreKeys].map((k) => ({ key: `results._scores.${k}`, label: `★ ${k}`, num: true, cell: (e) => fmtValue(((e.results || {})._scores || {})[k]) })),
+      ...[...metricKeys].sort().map((k) => ({ key: `metrics.${k}`, label: `${k} (last)`, num: true, cell: (e) => fmtValue(this.metric(e, k)) })),
       { key: "agent_id", label: "Agent", cell: (e) => e.agent_id || "" },
       { key: "created_at", label: "Created", cell: (e) => h("time", { datetime: e.created_at }, fmtTime(e.created_at)) },
       { key: null, label: "Notes", cell: (e) => this.notesCell(e) },
@@ -102,12 +127,16 @@ export class ExperimentTable {
         area.removeAttribute("aria-invalid");
       } catch (err) { area.setAttribute("aria-invalid", "true"); toast(`Notes not saved: ${err.message}`); }
     }, 400);
-    area.addEventListener("input", save);
+    area.addEventListener("input", () => { e.notes = area.value; save(); });
     area.addEventListener("blur", () => save.flush());
     return h("div", { class: "notes-cell" }, area);
   }
 
   render() {
+    // Typing in a notes cell survives a re-render (an event, a page of metrics).
+    const active = document.activeElement;
+    const typing = active && active.dataset && active.dataset.notes;
+    const caret = typing ? [active.selectionStart, active.selectionEnd] : null;
     const cols = this.columns();
     const sort = this.filters.sort.value.trim();
     const head = h("tr", {},
@@ -128,6 +157,10 @@ export class ExperimentTable {
     $("#count").textContent = `${this.rows.length} shown${this.next ? ", more to load" : ""}`;
     this.updateCompare();
     if (!this.rows.length) body.append(h("tr", {}, h("td", { colspan: cols.length + 1 }, "No experiments match.")));
+    if (typing) {
+      const area = this.table.querySelector(`textarea[data-notes="${typing}"]`);
+      if (area) { area.focus(); area.setSelectionRange(...caret); }
+    }
   }
 
   row(e, cols) {
