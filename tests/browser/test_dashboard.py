@@ -427,6 +427,19 @@ def test_agents_page_and_drain(page: Page, screenshot: Shot) -> None:
     expect(card).to_contain_text("online")
     expect(card.locator(".dot.online")).to_be_attached()
     expect(card).to_contain_text("slots in use")
+    # The machine's CPU and memory over time, as the agent samples them.
+    expect(card.locator('figure[data-chart="CPU %"]')).to_be_visible(timeout=15_000)
+    memory = card.locator('figure[data-chart="memory used (MB)"]')
+    expect(memory).to_be_visible()
+    # New samples join the charts as the agent sends them.
+    before = int(memory.get_attribute("data-points") or 0)
+    page.wait_for_function(
+        "n => Number(document.querySelector("
+        '\'[data-agent="e2e-agent"] figure[data-chart="memory used (MB)"]\''
+        ").dataset.points) > n",
+        arg=before,
+        timeout=15_000,
+    )
     screenshot(page, "agents")
     card.get_by_role("button", name="Drain").click()
     expect(card).to_contain_text("draining")

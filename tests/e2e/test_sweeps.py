@@ -11,12 +11,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,72 +24,30 @@ import nats
 import pytest
 
 from fleetlab_common.embedded import free_port
+from fleetlab_common.testing.stack import (
+    FLEETLAB,
+    TERMINAL,
+    Stack,
+    start_stack,
+    stop_stack,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
-
-FLEETLAB = str(Path(sys.executable).parent / "fleetlab")
-TERMINAL = {"succeeded", "failed", "stopped", "lost"}
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-@dataclass
-class Stack:
-    home: Path
-    port: int
-    proc: subprocess.Popen[bytes]
-    output: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def info(self) -> dict[str, Any]:
-        return json.loads((self.home / "stack.json").read_text())  # type: ignore[no-any-return]
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"fleetlab up exited: {self.output.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("sweeps") / "home"
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLEETLAB_HOME": str(home),
-        "FLEETLAB_PORT": str(port),
-        "FLEETLAB_AGENT__HEARTBEAT_S": "0.5",
-        "FLEETLAB_LEASE_S": "5",
-        "FLEETLAB_AGENT__NAME": "sweep-agent",
-        # More slots than any sweep's parallelism: the sweep's limit is what binds.
-        "FLEETLAB_AGENT__SLOTS": "6",
-    }
-    for key in ("FLEETLAB_NATS__URL", "FLEETLAB_POSTGRES__DSN", "FLEETLAB_API_URL"):
-        env.pop(key, None)
-    output = home.parent / "up.out"
-    with output.open("ab") as out:
-        proc = subprocess.Popen([FLEETLAB, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    stack = Stack(home, port, proc, output)
-    try:
-        wait_until(stack.healthy, 90, "the stack to be healthy")
-        yield stack
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    # More slots than any sweep's parallelism: the sweep's limit is what binds.
+    stack = start_stack(
+        tmp_path_factory.mktemp("sweeps") / "home",
+        free_port(),
+        FLEETLAB_AGENT__SLOTS="6",
+        FLEETLAB_AGENT__NAME="sweep-agent",
+        FLEETLAB_LEASE_S="5",
+    )
+    yield stack
+    stop_stack(stack)
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +73,8 @@ def train_py(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fleetlab(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """The real entry point; the API URL comes from $FLEETLAB_HOME/stack.json."""
-    env = {**os.environ, "FLEETLAB_HOME": str(stack.home), "COLUMNS": "200"}
-    env.pop("FLEETLAB_API_URL", None)
     return subprocess.run(
-        [FLEETLAB, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [FLEETLAB, *args], env=stack.env(), capture_output=True, text=True, timeout=60, check=False
     )
 
 

@@ -8,8 +8,10 @@ travels with it, so a page never has to read the record back to learn it.
 Events: ``experiment`` (``{experiment_id, project, status, reason, agent_id, exit_code,
 attempt, type, occurred_at}``; ``project`` on submission only; ``status`` null when the
 event changes none, as a stop request), ``agent`` (``{agent_id, online, slots, busy,
-running, type}``), ``metrics`` (``{experiment_id, points, scores}``, only with
-``?experiment=``) and ``resync`` (the viewer fell behind and events were dropped: read the
+running, type}``), ``usage`` (``{agent_id, sample}``: a machine's use; with ``?experiment=``
+``{experiment_id, sample}``: the run's), ``metrics`` (``{experiment_id, points, scores}``) and
+``results`` (``{experiment_id, results}``: results-folder files, to merge), both only with
+``?experiment=``, and ``resync`` (the viewer fell behind and events were dropped: read the
 state again).
 """
 
@@ -41,6 +43,8 @@ from fleetlab_common.events import (
     ExperimentStopRequested,
     ExperimentSubmitted,
     MetricsReported,
+    ResultsReported,
+    UsageSampled,
 )
 
 router = APIRouter(tags=["events"])
@@ -159,6 +163,28 @@ class EventFeed:
             self.agents[message["agent_id"]] = key
             self.put("agent", message)
 
+    async def on_usage(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+            body = json.loads(msg.data)
+            if self.experiment is None:
+                self.put("usage", {"agent_id": body["agent_id"], "sample": body["machine"]})
+                return
+            for sample in body.get("experiments") or []:
+                if sample.get("experiment_id") == self.experiment:
+                    self.put("usage", {"experiment_id": self.experiment, "sample": sample})
+
+    async def on_results(self, msg: Msg) -> None:
+        with contextlib.suppress(ValueError, AttributeError, KeyError):
+            body = json.loads(msg.data)
+            self.put(
+                "results",
+                {
+                    "experiment_id": body["experiment_id"],
+                    "attempt": body.get("attempt"),
+                    "results": body.get("results") or {},
+                },
+            )
+
     async def on_metrics(self, msg: Msg) -> None:
         with contextlib.suppress(ValueError, AttributeError, KeyError):
             body = json.loads(msg.data)
@@ -189,8 +215,9 @@ async def stream_events(
         Query(description="Only this experiment's events, with its metric points as they come"),
     ] = None,
 ) -> StreamingResponse:
-    """Experiment status changes and agent state, live, as Server-Sent Events (``experiment``,
-    ``agent``, ``metrics`` with ``?experiment=``, and ``resync`` after a viewer fell behind)."""
+    """Experiment status changes, agent state and resource use, live, as Server-Sent Events
+    (``experiment``, ``agent``, ``usage``; ``metrics`` and ``results`` with ``?experiment=``;
+    ``resync`` after a viewer fell behind)."""
     experiment_id = None
     if experiment:
         try:
@@ -203,12 +230,14 @@ async def stream_events(
     nc = state.broker.connection
     for subject in EXPERIMENT_SUBJECTS:
         feed.subs.append(await nc.subscribe(subject, cb=feed.on_experiment))
+    feed.subs.append(await nc.subscribe(UsageSampled.subscribe_subject(), cb=feed.on_usage))
     if experiment_id is None:
         for subject in AGENT_SUBJECTS:
             feed.subs.append(await nc.subscribe(subject, cb=feed.on_agent))
     else:
-        subject = f"{MetricsReported.event_type()}.{experiment_id}"
-        feed.subs.append(await nc.subscribe(subject, cb=feed.on_metrics))
+        for kind, cb in ((MetricsReported, feed.on_metrics), (ResultsReported, feed.on_results)):
+            subject = f"{kind.event_type()}.{experiment_id}"
+            feed.subs.append(await nc.subscribe(subject, cb=cb))
     await nc.flush()
 
     async def frames() -> AsyncIterator[str]:

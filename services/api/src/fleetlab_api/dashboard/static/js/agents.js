@@ -1,5 +1,5 @@
 // Agents: hardware, labels, capacity in use, running experiments, drain; live from the events.
-import { $, api, clear, fmtBytes, h, live, optional, showError, usageCharts } from "./lib.js";
+import { $, api, appendUsage, clear, fmtBytes, fmtTime, h, live, optional, showError, usageCharts } from "./lib.js";
 
 export function agentCard(a, { compact = false, onDrain } = {}) {
   const hw = a.hardware || {};
@@ -17,7 +17,7 @@ export function agentCard(a, { compact = false, onDrain } = {}) {
       h("dt", {}, "CPU"), h("dd", {}, `${hw.cpu_count || "?"} × ${hw.cpu_model || "CPU"}`),
       h("dt", {}, "Memory"), h("dd", {}, hw.memory_mb ? fmtBytes(hw.memory_mb * 1024 * 1024) : ""),
       gpus.length ? [h("dt", {}, "GPUs"), h("dd", {}, gpus.join(", "))] : null,
-      compact ? null : [h("dt", {}, "OS"), h("dd", {}, hw.os || ""), h("dt", {}, "Last seen"), h("dd", {}, a.last_seen || "")]),
+      compact ? null : [h("dt", {}, "OS"), h("dd", {}, hw.os || ""), h("dt", {}, "Last seen"), h("dd", {}, fmtTime(a.last_seen))]),
     (a.labels || []).length ? h("p", { class: "labels" }, a.labels.map((l) => h("span", {}, l))) : null);
   if (!compact) {
     const running = a.running || [];
@@ -32,12 +32,21 @@ export function agentCard(a, { compact = false, onDrain } = {}) {
   return card;
 }
 
+const usageByAgent = new Map(); // agent id -> {box, charts}
+
 async function usage(a) {
   const box = document.querySelector(`[data-usage="${CSS.escape(a.id)}"]`);
   if (!box) return;
   let data;
   try { data = await optional(`/api/v1/agents/${encodeURIComponent(a.id)}/usage?points=200`); } catch { return; }
-  if (data && (data.samples || []).length) usageCharts(box, data.samples);
+  if (data && (data.samples || []).length && box.isConnected) {
+    usageByAgent.set(a.id, { box, charts: usageCharts(box, data.samples) });
+  }
+}
+
+function onUsage(ev) {
+  const known = usageByAgent.get(ev.agent_id);
+  if (known && known.box.isConnected) appendUsage(known.box, known.charts, ev.sample);
 }
 
 async function page() {
@@ -67,6 +76,7 @@ async function page() {
   live({
     ready: load,
     resync: load,
+    usage: onUsage,
     agent: (ev) => {
       const a = agents.get(ev.agent_id);
       if (!a) { load(); return; }

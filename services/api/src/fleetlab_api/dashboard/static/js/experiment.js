@@ -2,7 +2,7 @@
 // (live); results and FGLab _charts; the live log; output files; the code snapshot; usage.
 import {
   $, $$, api, Chart, clear, debounce, fmtBytes, fmtTime, fmtValue, h, live, optional, showError,
-  settled, statusBadge, toast, usageCharts,
+  appendUsage, settled, statusBadge, toast, usageCharts,
 } from "./lib.js";
 
 const ref = document.body.dataset.ref;
@@ -344,11 +344,26 @@ async function codeSnapshot(digest) {
     }, f.path), ` ${fmtBytes(f.size)}`))), view);
 }
 
+let usageSeen = new Map();
 async function usage() {
   let data;
   try { data = await optional(`/api/v1/experiments/${exp.id}/usage`); } catch { return; }
   if (!data || !(data.samples || []).length) return;
-  $("#usage-box").hidden = !usageCharts($("#usage"), data.samples);
+  usageSeen = usageCharts($("#usage"), data.samples);
+  $("#usage-box").hidden = usageSeen.size === 0;
+}
+
+function onUsage(ev) {
+  $("#usage-box").hidden = false;
+  appendUsage($("#usage"), usageSeen, ev.sample);
+}
+
+function onResults(ev) {
+  const old = exp.results || {};
+  const fresh = ev.results || {};
+  exp.results = { ...old, ...fresh, _scores: { ...(old._scores || {}), ...(fresh._scores || {}) } };
+  if (!Object.keys(exp.results._scores).length) delete exp.results._scores;
+  renderResults(exp.results);
 }
 
 // -- live ---------------------------------------------------------------------------------------
@@ -381,6 +396,8 @@ async function main() {
   live({
     experiment: onExperiment,
     metrics: onMetrics,
+    results: onResults,
+    usage: onUsage,
     resync: () => { reload(); metrics(); },
     ready: () => {
       // Read again once subscribed: a change in between is not missed.

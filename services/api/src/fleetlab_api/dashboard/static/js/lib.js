@@ -199,7 +199,8 @@ export class Chart {
     const opts = {
       width: this.width(),
       height: 220,
-      scales: { x: { time: this.time } },
+      // One x value alone would stretch the axis over years: give it room around it.
+      scales: { x: { time: this.time, range: (u, lo, hi) => (lo === hi ? [lo - (this.time ? 30 : 1), hi + (this.time ? 30 : 1)] : [lo, hi]) } },
       // Steps are whole numbers: no 0.5 ticks.
       axes: [{ label: this.xLabel, incrs: this.time ? undefined : STEP_INCRS }, {}],
       series: [{ label: this.xLabel }, ...this.series.map((s, i) => ({
@@ -220,9 +221,15 @@ export function whenCharts(fn) {
 const USAGE = { cpu_percent: "CPU %", rss_mb: "memory (MB)", memory_used_mb: "memory used (MB)", gpu_percent: "GPU %", gpu_memory_mb: "GPU memory (MB)" };
 export function usageCharts(box, samples) {
   clear(box);
+  const charts = new Map();
+  for (const sample of samples) appendUsage(box, charts, sample);
+  return charts;
+}
+
+export function appendUsage(box, charts, sample) {
   for (const [key, title] of Object.entries(USAGE)) {
-    const points = samples.filter((s) => typeof s[key] === "number").map((s) => [Date.parse(s.ts) / 1000, s[key]]);
-    if (points.length) new Chart(box, title, { xLabel: "time", time: true }).set([{ label: title, points }]);
+    if (typeof sample[key] !== "number") continue;
+    if (!charts.has(key)) charts.set(key, new Chart(box, title, { xLabel: "time", time: true }));
+    charts.get(key).append(title, [[Date.parse(sample.ts) / 1000, sample[key]]]);
   }
-  return box.children.length > 0;
 }
