@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +18,10 @@ import httpx
 import pytest
 
 from fleetlab_common.embedded import free_port
+from fleetlab_common.testing.stack import FLEETLAB, Stack, start_stack, stop_stack, wait_until
 
 pytestmark = pytest.mark.e2e
 
-FLEETLAB = str(Path(sys.executable).parent / "fleetlab")
 TERMINAL = {"succeeded", "failed", "stopped", "lost"}
 
 RENDEZVOUS = """
@@ -64,66 +60,34 @@ if fail >= 0:
 """
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+SECOND_AGENT = ("--name", "second", "--slots", "2")
 
 
 @dataclass
-class Stack:
-    home: Path
-    port: int
-    proc: subprocess.Popen[bytes]
+class Workers:
+    """`fleetlab up` (its agent has 2 slots) and a second 2-slot agent on the same NATS."""
+
+    stack: Stack
     second: subprocess.Popen[bytes]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.stack.url
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`fleetlab up` (its agent has 2 slots) and a second 2-slot agent on the same NATS."""
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     home = tmp_path_factory.mktemp("e2e-workers") / "home"
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLEETLAB_HOME": str(home),
-        "FLEETLAB_PORT": str(port),
-        "FLEETLAB_AGENT__HEARTBEAT_S": "0.5",
-        "FLEETLAB_AGENT__NAME": "first",
-        "FLEETLAB_AGENT__SLOTS": "2",
-        "FLEETLAB_AGENT__STOP_GRACE_S": "2",
-    }
-    for key in ("FLEETLAB_NATS__URL", "FLEETLAB_POSTGRES__DSN"):
-        env.pop(key, None)
-    output = home.parent / "up.out"
-    with output.open("ab") as out:
-        proc = subprocess.Popen([FLEETLAB, "up"], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"fleetlab up exited: {output.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).is_success
-        except httpx.HTTPError:
-            return False
-
+    up = start_stack(
+        home, free_port(), FLEETLAB_AGENT__NAME="first", FLEETLAB_AGENT__STOP_GRACE_S="2"
+    )
     second: subprocess.Popen[bytes] | None = None
     try:
-        wait_until(healthy, 90, "GET /api/v1/health to answer 200")
-        nats_url = json.loads((home / "stack.json").read_text())["nats_url"]
         with (home.parent / "second.out").open("ab") as out:
             second = subprocess.Popen(
-                [FLEETLAB, "agent", "--nats", nats_url, "--name", "second", "--slots", "2"],
+                [FLEETLAB, "agent", "--nats", up.info()["nats_url"], *SECOND_AGENT],
                 env={
-                    **os.environ,
-                    "FLEETLAB_HOME": str(home),
+                    **up.env(),
                     "FLEETLAB_PORT": str(free_port()),  # its /healthz
                     "FLEETLAB_AGENT__HEARTBEAT_S": "0.5",
                     "FLEETLAB_AGENT__STOP_GRACE_S": "2",
@@ -131,17 +95,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        yield Stack(home, port, proc, second)
+        yield Workers(up, second)
     finally:
         if second is not None:
             second.terminate()
             second.wait(15)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop_stack(up)
 
 
 @pytest.fixture(scope="module")
-def client(stack: Stack) -> Iterator[httpx.Client]:
+def client(stack: Workers) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.url, timeout=10) as c:
         wait_until(
             lambda: (
