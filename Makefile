@@ -11,7 +11,7 @@ ifeq ($(UV),)
 UV := $(TOOLS)/bin/uv
 endif
 
-.PHONY: up test lint fmt bootstrap asyncapi vendor clean
+.PHONY: up test lint fmt bootstrap asyncapi vendor clean screenshots
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -44,6 +44,10 @@ asyncapi: bootstrap
 	$(VENV)/bin/python -m fleetlab_common.events.asyncapi > docs/asyncapi.json
 
 # Refresh the dashboard's vendored front-end files from the versions pinned in package.json.
+# Refresh the screenshots in docs/screenshots (the browser tests take them).
+screenshots: bootstrap
+	FLEETLAB_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(VENV)/bin/pytest tests/browser -q
+
 vendor:
 	cd services/api/frontend && npm ci --no-audit --no-fund && node vendor.mjs
 

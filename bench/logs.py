@@ -36,6 +36,25 @@ for i in range(1, {n} + 1):
 """
 
 
+# A run printing at a steady rate (lines/s, for `seconds`), in bursts every 10 ms.
+PACED = """
+import sys, time
+w, t = sys.stdout.write, time.time
+rate, seconds = {rate}, {seconds}
+per_tick = rate // 100
+start = t()
+i = 0
+for tick in range(seconds * 100):
+    for _ in range(per_tick):
+        i += 1
+        w(f"{{t():.6f}} line {{i}}\\n")
+    sys.stdout.flush()
+    delay = start + (tick + 1) / 100 - t()
+    if delay > 0:
+        time.sleep(delay)
+"""
+
+
 async def stored_all(nats_url: str, experiment_id: str, n: int, timeout: float) -> float:
     """When logstream holds ``n`` lines of the run (asked with min_count, so no polling gap)."""
     nc = await nats.connect(nats_url)
@@ -84,6 +103,34 @@ async def view(url: str, experiment_id: str, n: int) -> dict[str, Any]:
     return {"latencies": latencies, "seqs": seqs, "duplicates": duplicates, "end": end}
 
 
+async def paced(
+    url: str, nats_url: str, http: httpx.AsyncClient, rate: int, seconds: int
+) -> dict[str, Any]:
+    """A viewer's line latency for a run printing ``rate`` lines/s: below saturation."""
+    code = Path(tempfile.mkdtemp()) / "paced.py"
+    code.write_text(textwrap.dedent(PACED.format(rate=rate, seconds=seconds)))
+    r = await http.post(
+        "/api/v1/projects",
+        json={"name": "paced", "command": [sys.executable, str(code)], "schema": {}},
+    )
+    r.raise_for_status()
+    n = rate // 100 * 100 * seconds
+    eid = (await http.post("/api/v1/experiments", json={"project": "paced"})).json()["id"]
+    viewer = asyncio.create_task(view(url, eid, n))
+    await stored_all(nats_url, eid, n, timeout=600)
+    seen = await asyncio.wait_for(viewer, 600)
+    lat = seen["latencies"]
+    return {
+        "rate": rate,
+        "lines": n,
+        "viewer_p50_ms": round(percentile(lat, 50) * 1000, 1),
+        "viewer_p99_ms": round(percentile(lat, 99) * 1000, 1),
+        "viewer_max_ms": round(max(lat) * 1000, 1),
+        "lines_lost": n - len(seen["seqs"]),
+        "viewer_duplicates": seen["duplicates"],
+    }
+
+
 async def bench(n: int) -> dict[str, Any]:
     code = Path(tempfile.mkdtemp()) / "spam.py"
     code.write_text(textwrap.dedent(PROGRAM.format(n=n)))
@@ -101,6 +148,7 @@ async def bench(n: int) -> dict[str, Any]:
             seen = await asyncio.wait_for(viewer, 600)
             first = (await http.get(f"/api/v1/experiments/{eid}/logs", params={"to_seq": 1})).text
             record_ = (await http.get(f"/api/v1/experiments/{eid}")).json()
+            steady = await paced(url, info["nats_url"], http, 20_000, 5)
     started = float(first.split(" ", 1)[0])
     took = stored_at - started
     lat = seen["latencies"]
@@ -116,6 +164,7 @@ async def bench(n: int) -> dict[str, Any]:
         "viewer_duplicates": seen["duplicates"],
         "lines_lost": n - len(seen["seqs"]),
         "end": seen["end"],
+        "paced": steady,
     }
 
 
@@ -129,6 +178,7 @@ def main() -> None:
     stored = f"{r['lines_per_s_stored']:,} lines/s ({n:,} in {r['stored_in_s']} s)"
     latency = f"p50 {r['viewer_p50_ms']} ms, p99 {r['viewer_p99_ms']} ms"
     lost = f"{r['lines_lost']} / {n - r['log_lines_reported']}, duplicates {r['viewer_duplicates']}"
+    p = r["paced"]
     table = "\n".join(
         [
             "## Logs",
@@ -142,11 +192,15 @@ def main() -> None:
             f"| lines stored end to end | {stored} | ≥ 100,000 lines/s |",
             f"| line latency at a live viewer | {latency} | p99 ≤ 250 ms |",
             f"| lines lost (viewer / store) | {lost} | 0 |",
+            f"| line latency at a live viewer, a run printing {p['rate']:,} lines/s "
+            f"({p['lines']:,} lines) | p50 {p['viewer_p50_ms']} ms, p99 {p['viewer_p99_ms']} ms, "
+            f"lost {p['lines_lost']} | p99 ≤ 250 ms |",
             "",
-            "The latency is measured at saturation: the program, the agent, NATS, PostgreSQL,",
-            "logstream, the API and the viewer (a Python SSE client) share 2 cores, and the",
-            "viewer falls behind a run printing this fast; it is not a figure for a run that",
-            "prints at a human rate.",
+            "The first latency is measured at saturation: the program, the agent, NATS,",
+            "PostgreSQL, logstream, the API and the viewer (a Python SSE client) share 2 cores,",
+            "and the viewer falls behind a run printing this fast. The second is a run printing",
+            "at a steady rate in bursts every 10 ms, with the same single viewer. The machine's",
+            "2 cores were shared with other work while measuring: figures are pessimistic.",
         ]
     )
     record("logs", r, table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,12 @@ from fleetlab_common.embedded import free_port
 from fleetlab_common.testing.stack import TERMINAL, Stack, start_stack, stop_stack, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO / "docs" / "screenshots"
+# `make screenshots` refreshes the committed ones in docs/screenshots; a plain test run writes
+# them beside its other temporary files, so that it leaves the checkout as it found it.
+SCREENSHOTS = Path(
+    os.environ.get("FLEETLAB_SCREENSHOTS_DIR")
+    or Path(tempfile.gettempdir()) / "fleetlab-screenshots"
+)
 WIDTH = 1280
 
 
@@ -59,7 +65,13 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, stack: Stack) -> Iterator[Any]:
+def dialog_answers() -> list[str]:
+    """What the page's next prompt() dialogs are answered, in order (confirm() is accepted)."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, stack: Stack, dialog_answers: list[str]) -> Iterator[Any]:
     context = browser.new_context(
         base_url=stack.url, viewport={"width": WIDTH, "height": 900}, device_scale_factor=1
     )
@@ -67,14 +79,19 @@ def page(browser: Any, stack: Stack) -> Iterator[Any]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: dialog.accept())
+    page.on(
+        "dialog",
+        lambda dialog: dialog.accept(
+            dialog_answers.pop(0) if dialog.type == "prompt" and dialog_answers else None
+        ),
+    )
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def _screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
-    """Save the page as docs/screenshots/<name>.png (the README and docs show them)."""
+    """Save the page as <SCREENSHOTS>/<name>.png (docs/screenshots: the README shows them)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)

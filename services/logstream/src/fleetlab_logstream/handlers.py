@@ -20,7 +20,6 @@ from fleetlab_common.events import (
 from fleetlab_logstream.schemas import (
     AgentLogQuery,
     LinesQuery,
-    MetricsIngest,
     MetricsIngested,
     MetricsQuery,
 )
@@ -36,8 +35,9 @@ def register(broker: NatsBroker, state: State) -> None:
     nats = state.settings.nats
 
     @event_subscriber(broker, LogLinesAppended, CONSUMER, nats, batch_size=50)
-    async def handle_log_lines_appended(event: LogLinesAppended) -> None:
-        await state.get().on_lines(event)
+    async def handle_log_lines_appended(event: dict[str, Any]) -> None:
+        # Decoded JSON, not the model: see Logstream.on_lines_json.
+        await state.get().on_lines_json(event)
 
     @event_subscriber(broker, ExperimentFinished, CONSUMER, nats)
     async def handle_experiment_finished(event: ExperimentFinished) -> None:
@@ -56,8 +56,9 @@ def register(broker: NatsBroker, state: State) -> None:
         await state.get().on_agent_log(event)
 
     @event_subscriber(broker, MetricsReported, CONSUMER, nats, batch_size=50)
-    async def handle_metrics_reported(event: MetricsReported) -> None:
-        await state.get().on_metrics(event)
+    async def handle_metrics_reported(event: dict[str, Any]) -> None:
+        # Decoded JSON, not the model: see Logstream.on_metrics_json.
+        await state.get().on_metrics_json(event)
 
     @broker.subscriber(
         Rpc.LOG_LINES, queue=CONSUMER, max_workers=RPC_WORKERS, title=f"{Rpc.LOG_LINES}:reply"
@@ -86,6 +87,6 @@ def register(broker: NatsBroker, state: State) -> None:
         max_workers=RPC_WORKERS,
         title=f"{Rpc.METRICS_INGEST}:reply",
     )
-    async def handle_metrics_ingest(request: MetricsIngest) -> dict[str, Any]:
-        stored = await state.get().ingest(request)
+    async def handle_metrics_ingest(request: dict[str, Any]) -> dict[str, Any]:
+        stored = await state.get().ingest_json(request)
         return MetricsIngested(stored=stored).model_dump()

@@ -20,11 +20,33 @@ async def insert_lines(conn: Conn, batch: LogLinesAppended) -> int:
     """Store a batch (one statement, arrays in); lines already stored (a redelivered batch)
     are skipped. The run's counters move by what was new. Returns how many lines were new."""
     lines = batch.lines
+    return await insert_line_arrays(
+        conn,
+        batch.experiment_id,
+        batch.attempt,
+        [ln.seq for ln in lines],
+        [ln.stream for ln in lines],
+        [ln.ts.isoformat() for ln in lines],
+        [ln.line for ln in lines],
+    )
+
+
+async def insert_line_arrays(
+    conn: Conn,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    seqs: list[int],
+    streams: list[str],
+    timestamps: list[str],
+    texts: list[str],
+) -> int:
+    """:func:`insert_lines` from the batch's columns, times as ISO 8601 text (PostgreSQL
+    parses them faster than Python makes datetimes of them)."""
     inserted = await conn.fetchval(
         """WITH ins AS (
                INSERT INTO lines (experiment_id, attempt, seq, stream, ts, line)
-               SELECT $1, $2, u.seq, u.stream, u.ts, u.line
-               FROM unnest($3::integer[], $4::text[], $5::timestamptz[], $6::text[])
+               SELECT $1, $2, u.seq, u.stream, u.ts::timestamptz, u.line
+               FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[])
                     AS u(seq, stream, ts, line)
                ON CONFLICT DO NOTHING
                RETURNING seq, octet_length(line) AS size
@@ -37,13 +59,13 @@ async def insert_lines(conn: Conn, batch: LogLinesAppended) -> int:
                    bytes = r.bytes + EXCLUDED.bytes
            )
            SELECT count(*) FROM ins""",
-        batch.experiment_id,
-        batch.attempt,
-        [ln.seq for ln in lines],
-        [ln.stream for ln in lines],
-        [ln.ts for ln in lines],
+        experiment_id,
+        attempt,
+        seqs,
+        streams,
+        timestamps,
         # PostgreSQL text cannot hold NUL (an older agent may send one): replaced, not fatal.
-        [ln.line.replace("\x00", "\ufffd") if "\x00" in ln.line else ln.line for ln in lines],
+        [t.replace("\x00", "\ufffd") if "\x00" in t else t for t in texts],
     )
     return int(inserted or 0)
 
@@ -256,23 +278,22 @@ async def copy_points(
     conn: Conn, experiment_id: uuid.UUID, attempt: int, points: Sequence[MetricPoint]
 ) -> None:
     """Append points with COPY (one round trip for the whole batch)."""
-    await conn.copy_records_to_table(
-        "metric_points",
-        records=[
-            (
-                experiment_id,
-                attempt,
-                p.name,
-                p.step,
-                p.value,
-                p.ts,
-                p.cumulative,
-                _metadata(p),
-            )
-            for p in points
-        ],
-        columns=_POINT_COLUMNS,
-    )
+    await copy_point_records(conn, point_records(experiment_id, attempt, points))
+
+
+def point_records(
+    experiment_id: uuid.UUID, attempt: int, points: Sequence[MetricPoint]
+) -> list[tuple[Any, ...]]:
+    """Points as rows of ``metric_points`` (in ``_POINT_COLUMNS`` order)."""
+    return [
+        (experiment_id, attempt, p.name, p.step, p.value, p.ts, p.cumulative, _metadata(p))
+        for p in points
+    ]
+
+
+async def copy_point_records(conn: Conn, records: Sequence[tuple[Any, ...]]) -> None:
+    """Append rows (see :func:`point_records`) with COPY."""
+    await conn.copy_records_to_table("metric_points", records=records, columns=_POINT_COLUMNS)
 
 
 async def upsert_summary(

@@ -11,8 +11,8 @@ event changes none, as a stop request), ``agent`` (``{agent_id, online, slots, b
 running, type}``), ``usage`` (``{agent_id, sample}``: a machine's use; with ``?experiment=``
 ``{experiment_id, sample}``: the run's), ``metrics`` (``{experiment_id, points, scores}``) and
 ``results`` (``{experiment_id, results}``: results-folder files, to merge), both only with
-``?experiment=``, and ``resync`` (the viewer fell behind and events were dropped: read the
-state again).
+``?experiment=``, ``scores`` (``{experiment_id, scores}``: a run's new ``_scores``) without
+it, and ``resync`` (the viewer fell behind and events were dropped: read the state again).
 """
 
 from __future__ import annotations
@@ -173,6 +173,16 @@ class EventFeed:
                 if sample.get("experiment_id") == self.experiment:
                     self.put("usage", {"experiment_id": self.experiment, "sample": sample})
 
+    async def on_scores(self, msg: Msg) -> None:
+        """Every run's new scores (from its metrics or its results folder), in short."""
+        if b'"scores":{}' in msg.data and b"_scores" not in msg.data:
+            return  # the common case, a batch of points: no parsing
+        with contextlib.suppress(ValueError, AttributeError, KeyError, TypeError):
+            body = json.loads(msg.data)
+            scores = body.get("scores") or (body.get("results") or {}).get("_scores") or {}
+            if scores:
+                self.put("scores", {"experiment_id": body["experiment_id"], "scores": scores})
+
     async def on_results(self, msg: Msg) -> None:
         with contextlib.suppress(ValueError, AttributeError, KeyError):
             body = json.loads(msg.data)
@@ -216,8 +226,8 @@ async def stream_events(
     ] = None,
 ) -> StreamingResponse:
     """Experiment status changes, agent state and resource use, live, as Server-Sent Events
-    (``experiment``, ``agent``, ``usage``; ``metrics`` and ``results`` with ``?experiment=``;
-    ``resync`` after a viewer fell behind)."""
+    (``experiment``, ``agent``, ``usage``; ``metrics`` and ``results`` with ``?experiment=``,
+    ``scores`` without; ``resync`` after a viewer fell behind)."""
     experiment_id = None
     if experiment:
         try:
@@ -234,6 +244,8 @@ async def stream_events(
     if experiment_id is None:
         for subject in AGENT_SUBJECTS:
             feed.subs.append(await nc.subscribe(subject, cb=feed.on_agent))
+        for kind in (MetricsReported, ResultsReported):
+            feed.subs.append(await nc.subscribe(kind.subscribe_subject(), cb=feed.on_scores))
     else:
         for kind, cb in ((MetricsReported, feed.on_metrics), (ResultsReported, feed.on_results)):
             subject = f"{kind.event_type()}.{experiment_id}"

@@ -20,6 +20,7 @@ from fleetlab_api.auth import TOKEN_COOKIE
 from fleetlab_api.deps import ConnDep
 from fleetlab_api.errors import NotFoundError
 from fleetlab_api.experiments import repository as experiments
+from fleetlab_api.experiments import service as experiment_service
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.tokens import repository as tokens
 
@@ -108,8 +109,13 @@ async def experiments_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/experiments/{ref}", response_class=HTMLResponse)
-async def experiment_page(request: Request, ref: str) -> HTMLResponse:
-    return render(request, "experiment.html", "/experiments", ref=ref)
+async def experiment_page(request: Request, ref: str, conn: ConnDep) -> HTMLResponse:
+    # The notes come with the page: what the user types before the script runs is kept.
+    try:
+        notes = (await experiment_service.get(conn, ref)).notes
+    except NotFoundError:
+        notes = ""
+    return render(request, "experiment.html", "/experiments", ref=ref, notes=notes)
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import ApiError, InvalidError
@@ -92,7 +93,6 @@ def _resume_from(from_seq: int | None, last_event_id: str | None) -> int | None:
 )
 async def stream_logs(
     ref: str,
-    conn: ConnDep,
     state: StateDep,
     stream: StreamName | None = None,
     from_seq: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
@@ -108,7 +108,10 @@ async def stream_logs(
     exit_code, signal, reason, log_lines}``, the last event). ``?from_seq=K``, or a
     reconnecting browser's ``Last-Event-ID``, resumes at line K exactly: no gap, no duplicate.
     """
-    experiment = await experiments.get(conn, ref)
+    # A database connection only for the lookup: a request's own (ConnDep) would be held
+    # for as long as the viewer watches, and ten viewers would hold the whole pool.
+    async with state.db().acquire() as conn:
+        experiment = await experiments.get(conn, ref)
     follower = LogFollower(
         state,
         experiment,
@@ -142,6 +145,9 @@ async def stream_logs(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Also when the body never started (the viewer hung up at once): then the generator's
+        # own cleanup never runs. Giving back twice is harmless.
+        background=BackgroundTask(follower.__aexit__),
     )
 
 

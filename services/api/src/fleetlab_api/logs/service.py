@@ -40,6 +40,9 @@ log = get_logger(__name__)
 
 Line = dict[str, Any]  # {"seq", "stream", "ts", "line"}, as logstream and the agent send it
 
+# Unsubscriptions under way (a task must be referenced until it ends).
+_CLEANUPS: set[asyncio.Task[None]] = set()
+
 # Live lines held for a viewer that reads slower than the run prints; past this they are
 # dropped and read back from the store when the viewer gets to them.
 MAX_PENDING = 50_000
@@ -137,6 +140,12 @@ def _end_of_record(experiment: Experiment) -> LogEnd:
     )
 
 
+async def _unsubscribe(subs: list[Subscription]) -> None:
+    for sub in subs:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
 class LogFollower:
     """One viewer's live view of one experiment's latest attempt.
 
@@ -223,10 +232,16 @@ class LogFollower:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        self._subs.clear()
+        """Give the subscriptions back; safe to call twice. A viewer that hung up is being
+        cancelled (and stays so: every await in its task is cancelled again), so the work runs
+        in a task of its own that the cancellation does not reach."""
+        subs, self._subs = self._subs, []
+        if not subs:
+            return
+        task = asyncio.create_task(_unsubscribe(subs), name="log-follower-unsubscribe")
+        _CLEANUPS.add(task)
+        task.add_done_callback(_CLEANUPS.discard)
+        await asyncio.shield(task)
 
     async def _refresh_status(self) -> None:
         """Read the record: an end that came before the subscriptions is heard here."""

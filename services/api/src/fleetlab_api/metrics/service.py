@@ -14,6 +14,10 @@ from fleetlab_api.logs.service import ask
 from fleetlab_api.metrics.schemas import ExperimentMetrics, Series, SeriesPoint
 from fleetlab_common.events import Rpc
 
+# One encoder for every point: json.dumps with options builds a new encoder per call, which
+# cost more than the rest of a batch's handling.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 # One request to logstream stays well under NATS's 1 MiB payload limit.
 MAX_CHUNK_BYTES = 512 * 1024
 
@@ -41,7 +45,7 @@ async def post_points(
         return int(reply["stored"])
 
     for point in points:
-        text = json.dumps(point, separators=(",", ":"))
+        text = _COMPACT.encode(point)
         if chunk and size + len(text) > MAX_CHUNK_BYTES:
             stored += await send(chunk, {})
             chunk, size = [], 0

@@ -129,8 +129,8 @@ function actions() {
 function notes() {
   const area = $("#notes");
   const state = $("#notes-state");
-  area.value = exp.notes || "";
-  let saved = area.value;
+  // The page came with the notes; anything typed before this script ran is saved below.
+  let saved = area.defaultValue;
   const save = debounce(async () => {
     const text = area.value;
     if (text === saved) return;
@@ -143,6 +143,7 @@ function notes() {
   }, 300);
   area.addEventListener("input", save);
   area.addEventListener("blur", () => save.flush());
+  if (area.value !== saved) save();
   window.addEventListener("beforeunload", () => save.flush());
 }
 
@@ -218,7 +219,12 @@ class LogView {
     const source = new EventSource(`/api/v1/experiments/${exp.id}/logs/stream${q}`);
     this.source = source;
     $("#log-state").textContent = "connecting…";
-    source.addEventListener("line", (ev) => { this.pending.push(JSON.parse(ev.data)); this.schedule(); });
+    source.addEventListener("line", (ev) => {
+      this.pending.push(JSON.parse(ev.data));
+      this.schedule();
+      // Output means a process runs it, whatever an older read of the record said.
+      if (exp.status === "queued") { exp.status = "running"; exp.status_reason = null; renderRecord(); }
+    });
     source.addEventListener("skipped", (ev) => {
       const s = JSON.parse(ev.data);
       this.flush();
@@ -400,8 +406,10 @@ async function main() {
     usage: onUsage,
     resync: () => { reload(); metrics(); },
     ready: () => {
-      // Read again once subscribed: a change in between is not missed.
+      // Read again once subscribed, and once more when the API has surely applied an event
+      // published just before the subscription: a change in between is not missed.
       reload().catch(() => {});
+      setTimeout(() => reload().catch(() => {}), 2000);
       if (started) return;
       started = true;
       metrics();

@@ -1,5 +1,5 @@
 // Home: projects with counts by status, agents with a live online dot, latest experiments.
-import { $, $$, api, ApiError, clear, h, live, statusBadge } from "./lib.js";
+import { $, $$, api, ApiError, clear, fmtTime, h, live, statusBadge } from "./lib.js";
 import { agentCard } from "./agents.js";
 
 const agents = new Map();
@@ -31,7 +31,10 @@ function onExperiment(ev) {
     bump(row.dataset.project, old, -1);
     bump(row.dataset.project, ev.status, +1);
   } else if (!row && ev.type === "api.experiment.submitted") {
-    addLatest(ev.experiment_id);
+    // The first experiment of all, or of a new project: the page has no row for it yet.
+    const known = !ev.project || $(`#projects tr[data-project="${CSS.escape(ev.project)}"]`);
+    if ((!$("#latest") || !known) && !$("details.newproject").open) location.reload();
+    else addLatest(ev.experiment_id);
   }
 }
 
@@ -52,7 +55,7 @@ async function addLatest(id) {
       h("td", {}, h("a", { href: `/projects/${encodeURIComponent(e.project)}` }, e.project)),
       h("td", {}, statusBadge(e.status)),
       h("td", { "data-field": "agent_id" }, e.agent_id || ""),
-      h("td", {}, new Date(e.created_at).toLocaleString()),
+      h("td", {}, h("time", { datetime: e.created_at }, fmtTime(e.created_at))),
       h("td", {}, h("a", { href: `/api/v1/experiments/${e.id}/logs` }, "log"))));
     bump(e.project, e.status, +1);
   } catch { /* deleted meanwhile */ }
@@ -98,6 +101,8 @@ function projectForm() {
 }
 
 for (const row of $$("#latest tbody tr")) row.dataset.project = row.children[1].textContent.trim();
+// The server writes UTC; show the viewer's local time, as the other pages do.
+for (const t of $$("#latest time[datetime]")) t.textContent = fmtTime(t.getAttribute("datetime"));
 projectForm();
 loadAgents();
 live({ experiment: onExperiment, agent: onAgent, resync: () => location.reload(), ready: loadAgents });

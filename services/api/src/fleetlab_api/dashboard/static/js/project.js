@@ -184,7 +184,12 @@ async function main() {
   const table = new ExperimentTable({ project: project.name, optionKeys: Object.keys(project.schema || {}) });
   await table.load();
   // Read again once subscribed: nothing that happened in between is missed.
-  live({ experiment: (ev) => table.onEvent(ev), resync: () => table.reload(), ready: () => table.reload() });
+  live({
+    experiment: (ev) => table.onEvent(ev),
+    scores: (ev) => table.onScores(ev),
+    resync: () => table.reload(),
+    ready: () => table.sync(),
+  });
 }
 
 main();

@@ -73,8 +73,10 @@ async function main() {
       if (TERMINAL.has(ev.status)) ended.add(ev.experiment_id);
       load();
     },
+    // A trial's score can change the best one: read the sweep once the trial shows it.
+    scores: async (ev) => { if (await table.onScores(ev)) load(); },
     resync: () => { table.reload(); load(); },
-    ready: () => { table.reload(); load(); },
+    ready: () => { table.sync(); load(); },
   });
 }
 

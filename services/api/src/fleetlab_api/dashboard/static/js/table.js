@@ -63,7 +63,8 @@ export class ExperimentTable {
       const page = await api(`/api/v1/experiments?${q}`);
       if (generation !== this.generation) return; // a reload started meanwhile
       $("#table-error").textContent = "";
-      this.rows.push(...page.items);
+      const have = new Set(this.rows.map((e) => e.id));
+      this.rows.push(...page.items.filter((e) => !have.has(e.id)));
       this.next = page.next;
       this.render();
       await this.loadMetrics(page.items);
@@ -205,6 +206,42 @@ export class ExperimentTable {
         this.render();
       } catch { /* deleted meanwhile */ }
     }
+  }
+
+  // Once the event stream is subscribed: what changed before it, on the first page, without
+  // losing the pages already loaded.
+  async sync() {
+    const generation = this.generation;
+    try {
+      const page = await api(`/api/v1/experiments?${this.query({ limit: String(PAGE) })}`);
+      if (generation !== this.generation) return;
+      if (!this.rows.length) {
+        this.rows = page.items;
+        this.next = page.next;
+      } else {
+        const byId = new Map(this.rows.map((e, i) => [e.id, i]));
+        const newest = this.rows[0].created_at;
+        const fresh = [];
+        for (const e of page.items) {
+          if (byId.has(e.id)) this.rows[byId.get(e.id)] = e;
+          else if (!this.filters.sort.value.trim() && e.created_at >= newest) fresh.push(e);
+        }
+        this.rows.unshift(...fresh);
+      }
+      this.render();
+    } catch { /* the table stays as it was */ }
+  }
+
+  // New scores of a row: its record, once the API holds them.
+  async onScores(ev) {
+    if (!this.rows.some((x) => x.id === ev.experiment_id)) return;
+    const has = (e) => Object.keys(ev.scores).every((k) => k in ((e.results || {})._scores || {}));
+    try {
+      const e = await settled(`/api/v1/experiments/${ev.experiment_id}`, has);
+      const i = this.rows.findIndex((x) => x.id === e.id);
+      if (i >= 0) { this.rows[i] = e; this.render(); }
+      return e;
+    } catch { return null; }
   }
 
   // Scores arrive with the end: read the record again (a moment later it holds them).
