@@ -303,3 +303,18 @@ def test_printed_lines_are_parsed_only_in_their_exact_shape() -> None:
     assert (point.name, point.step, point.value) == ("val.loss", -2, 0.001)
     for text in ["#loss", "#loss 1", "# loss 1 2", "#loss 1.5 2", "#loss 1 inf", "loss 1 2"]:
         assert parse_printed(text, now) is None, text
+
+
+async def test_a_project_turns_printed_metrics_on_and_off(
+    http: httpx.AsyncClient, make_project: MakeProject
+) -> None:
+    project = await make_project(printed_metrics=True)
+    assert project["printed_metrics"] is True
+    url = f"/api/v1/projects/{project['id']}"
+    changed = await http.patch(url, json={"printed_metrics": False})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["printed_metrics"] is False
+    bad = await http.patch(url, json={"printed_metrics": "sometimes"})
+    assert bad.status_code == 422
+    assert "printed_metrics" in bad.text
+    assert (await http.get(url)).json()["printed_metrics"] is False

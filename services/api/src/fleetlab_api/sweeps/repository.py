@@ -80,9 +80,11 @@ async def counts(conn: Conn, sweep_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict
 
 
 async def active_trials(conn: Conn, sweep_id: uuid.UUID) -> list[uuid.UUID]:
+    """Queued trials first, then running ones: stopped in this order, a running trial's freed
+    slot never goes to a trial of the same sweep that is about to be cancelled."""
     rows = await conn.fetch(
         """SELECT id FROM experiments WHERE sweep_id = $1 AND status = ANY($2::text[])
-           ORDER BY id""",
+           ORDER BY status = 'running', id
         sweep_id,
         list(ACTIVE),
     )
