@@ -84,7 +84,7 @@ async def active_trials(conn: Conn, sweep_id: uuid.UUID) -> list[uuid.UUID]:
     slot never goes to a trial of the same sweep that is about to be cancelled."""
     rows = await conn.fetch(
         """SELECT id FROM experiments WHERE sweep_id = $1 AND status = ANY($2::text[])
-           ORDER BY status = 'running', id
+           ORDER BY status = 'running', id""",
         sweep_id,
         list(ACTIVE),
     )
