@@ -516,3 +516,44 @@ def test_sigterm_stops_everything_and_data_survives_a_restart(
             assert wait_terminal(c2, submit(c2, "hello")["id"])["status"] == "succeeded"
     finally:
         stop_stack(again)
+
+
+def test_the_python_sdk_returns_the_api_s_own_models(stack: Stack, train_py: Path) -> None:
+    from fleetlab_cli import ApiError, AsyncClient, Client, plain
+    from fleetlab_common.api.experiments import Experiment, ExperimentPage
+    from fleetlab_common.api.projects import Project
+
+    with Client(stack.url) as fl:
+        project = fl.create_project(
+            name="sdk",
+            command=["python3", str(train_py)],
+            schema={"lr": {"type": "float", "default": 0.1}},
+        )
+        assert isinstance(project, Project)
+        assert project.schema_["lr"].default == 0.1
+        made = fl.submit("sdk", {"lr": 0.5}, tags=["sdk"])
+        assert isinstance(made, Experiment) and made.status == "queued"
+        assert made.options == {"lr": 0.5}
+        done = wait_until(
+            lambda: (e := fl.experiment(str(made.id))).status in TERMINAL and e, 30, "the run"
+        )
+        assert done.status == "succeeded" and done.exit_code == 0
+        assert [e.id for e in fl.iter_experiments(project="sdk", limit=1)] == [made.id]
+        page = fl.experiments(project="sdk", tag="sdk")
+        assert isinstance(page, ExperimentPage) and page.next is None
+        assert plain(done)["status"] == "succeeded"
+        try:
+            fl.submit("sdk", {"lr": "fast"})
+        except ApiError as exc:
+            assert exc.status == 422 and "options.lr" in exc.fields
+        else:
+            raise AssertionError("a bad option was accepted")
+
+    async def from_async() -> list[Experiment]:
+        async with AsyncClient(stack.url) as afl:
+            again = await afl.restart(str(made.id))
+            assert isinstance(again, Experiment) and again.id != made.id
+            return [e async for e in afl.iter_experiments(project="sdk")]
+
+    listed = asyncio.run(from_async())
+    assert len(listed) == 2 and all(isinstance(e, Experiment) for e in listed)

@@ -1,5 +1,5 @@
 """The fleetlab command, and the Python SDK: ``from fleetlab_cli import Client``."""
 
-from fleetlab_cli.client import ApiError, AsyncClient, Client
+from fleetlab_cli.client import ApiError, AsyncClient, Client, plain
 
-__all__ = ["ApiError", "AsyncClient", "Client"]
+__all__ = ["ApiError", "AsyncClient", "Client", "plain"]

@@ -3,10 +3,12 @@
 >>> from fleetlab_cli import Client
 >>> with Client() as fl:                      # FLEETLAB_API_URL, stack.json or 127.0.0.1:5080
 ...     e = fl.submit("hello", {"lr": 0.5})
-...     fl.experiment(e["id"])["status"]
+...     fl.experiment(e.id).status
 
-Records are the API's JSON (``dict``); every error is an :class:`ApiError` carrying the
-status and the API's ``{"error", "fields"}`` body.
+Projects, experiments and sweeps come back as the API's own pydantic models
+(:mod:`fleetlab_common.api`: the API validates and answers with the same classes); tokens,
+agents and code snapshots as the API's JSON (``dict``). Every error is an :class:`ApiError`
+carrying the status and the API's ``{"error", "fields"}`` body.
 """
 
 from __future__ import annotations
@@ -16,14 +18,33 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
+from fleetlab_common.api.experiments import Experiment, ExperimentPage
+from fleetlab_common.api.projects import Project
+from fleetlab_common.api.sweeps import Sweep, SweepPage
+
+M = TypeVar("M", bound=BaseModel)
 DEFAULT_URL = "http://127.0.0.1:5080"
 # Code snapshots are sent in chunks of this size (the progress bar moves per chunk).
 UPLOAD_CHUNK = 64 * 1024
 Json = dict[str, Any]
+
+
+def _models(model: type[M], items: Any) -> list[M]:
+    return [model.model_validate(item) for item in items]
+
+
+def plain(value: Any) -> Any:
+    """A model (or a list of them) as the API's JSON: for tables and ``--json``."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 class ApiError(Exception):
@@ -259,20 +280,20 @@ class Client:
         )
         return _result(call, response)
 
-    def projects(self) -> list[Json]:
-        result: list[Json] = self._send(_Calls.projects())
+    def projects(self) -> list[Project]:
+        result = _models(Project, self._send(_Calls.projects()))
         return result
 
-    def project(self, ref: str) -> Json:
-        result: Json = self._send(_Calls.project(ref))
+    def project(self, ref: str) -> Project:
+        result = Project.model_validate(self._send(_Calls.project(ref)))
         return result
 
-    def create_project(self, **body: Any) -> Json:
-        result: Json = self._send(_Calls.create_project(body))
+    def create_project(self, **body: Any) -> Project:
+        result = Project.model_validate(self._send(_Calls.create_project(body)))
         return result
 
-    def update_project(self, ref: str, **changes: Any) -> Json:
-        result: Json = self._send(_Calls.update_project(ref, changes))
+    def update_project(self, ref: str, **changes: Any) -> Project:
+        result = Project.model_validate(self._send(_Calls.update_project(ref, changes)))
         return result
 
     def delete_project(self, ref: str, *, force: bool = False) -> None:
@@ -285,9 +306,9 @@ class Client:
         format: str | None = None,
         name: str | None = None,
         replace: bool = False,
-    ) -> list[Json]:
+    ) -> list[Project]:
         """Projects from a file; with ``replace``, one that exists by name is updated."""
-        result: list[Json] = self._send(_Calls.import_project(path, format, name, replace))
+        result = _models(Project, self._send(_Calls.import_project(path, format, name, replace)))
         return result
 
     def submit(
@@ -298,44 +319,46 @@ class Client:
         name: str | None = None,
         tags: list[str] | None = None,
         code: str | None = None,
-    ) -> Json:
+    ) -> Experiment:
         """One experiment; ``code`` names a snapshot (default: the project's)."""
-        result: Json = self._send(_Calls.submit(project, options or {}, name, tags or [], code))
+        result = Experiment.model_validate(
+            self._send(_Calls.submit(project, options or {}, name, tags or [], code))
+        )
         return result
 
-    def experiments(self, **filters: Any) -> Json:
+    def experiments(self, **filters: Any) -> ExperimentPage:
         """One page: ``{"items", "next"}`` (filters: project, status, tag, sweep, sort,
         cursor, limit)."""
-        result: Json = self._send(_Calls.experiments(filters))
+        result = ExperimentPage.model_validate(self._send(_Calls.experiments(filters)))
         return result
 
-    def iter_experiments(self, **filters: Any) -> Iterator[Json]:
+    def iter_experiments(self, **filters: Any) -> Iterator[Experiment]:
         """Every matching experiment, page after page."""
         cursor = None
         while True:
             page = self.experiments(**filters, cursor=cursor)
-            yield from page["items"]
-            cursor = page["next"]
+            yield from page.items
+            cursor = page.next
             if cursor is None:
                 return
 
-    def experiment(self, ref: str) -> Json:
-        result: Json = self._send(_Calls.experiment(ref))
+    def experiment(self, ref: str) -> Experiment:
+        result = Experiment.model_validate(self._send(_Calls.experiment(ref)))
         return result
 
-    def update_experiment(self, ref: str, **changes: Any) -> Json:
-        result: Json = self._send(_Calls.update_experiment(ref, changes))
+    def update_experiment(self, ref: str, **changes: Any) -> Experiment:
+        result = Experiment.model_validate(self._send(_Calls.update_experiment(ref, changes)))
         return result
 
     def delete_experiment(self, ref: str) -> None:
         self._send(_Calls.delete_experiment(ref))
 
-    def stop(self, ref: str, reason: str | None = None) -> Json:
-        result: Json = self._send(_Calls.stop(ref, reason))
+    def stop(self, ref: str, reason: str | None = None) -> Experiment:
+        result = Experiment.model_validate(self._send(_Calls.stop(ref, reason)))
         return result
 
-    def restart(self, ref: str) -> Json:
-        result: Json = self._send(_Calls.restart(ref))
+    def restart(self, ref: str) -> Experiment:
+        result = Experiment.model_validate(self._send(_Calls.restart(ref)))
         return result
 
     def logs(self, ref: str, from_seq: int = 1) -> str:
@@ -376,24 +399,26 @@ class Client:
     def revoke_token(self, ref: str) -> None:
         self._send(_Calls.revoke_token(ref))
 
-    def create_sweep(self, project: str, parameters: Json, **fields: Any) -> Json:
+    def create_sweep(self, project: str, parameters: Json, **fields: Any) -> Sweep:
         """A sweep (fields: method, count, parallelism, seed, metric, goal, name, …)."""
-        result: Json = self._send(
-            _Calls.create_sweep({"project": project, "parameters": parameters, **fields})
+        result = Sweep.model_validate(
+            self._send(
+                _Calls.create_sweep({"project": project, "parameters": parameters, **fields})
+            )
         )
         return result
 
-    def sweeps(self, **filters: Any) -> Json:
+    def sweeps(self, **filters: Any) -> SweepPage:
         """One page: ``{"items", "next"}`` (filters: project, cursor, limit)."""
-        result: Json = self._send(_Calls.sweeps(filters))
+        result = SweepPage.model_validate(self._send(_Calls.sweeps(filters)))
         return result
 
-    def sweep(self, ref: str) -> Json:
-        result: Json = self._send(_Calls.sweep(ref))
+    def sweep(self, ref: str) -> Sweep:
+        result = Sweep.model_validate(self._send(_Calls.sweep(ref)))
         return result
 
-    def stop_sweep(self, ref: str, reason: str | None = None) -> Json:
-        result: Json = self._send(_Calls.stop_sweep(ref, reason))
+    def stop_sweep(self, ref: str, reason: str | None = None) -> Sweep:
+        result = Sweep.model_validate(self._send(_Calls.stop_sweep(ref, reason)))
         return result
 
 
@@ -428,16 +453,16 @@ class AsyncClient:
         )
         return _result(call, response)
 
-    async def projects(self) -> list[Json]:
-        result: list[Json] = await self._send(_Calls.projects())
+    async def projects(self) -> list[Project]:
+        result = _models(Project, await self._send(_Calls.projects()))
         return result
 
-    async def project(self, ref: str) -> Json:
-        result: Json = await self._send(_Calls.project(ref))
+    async def project(self, ref: str) -> Project:
+        result = Project.model_validate(await self._send(_Calls.project(ref)))
         return result
 
-    async def create_project(self, **body: Any) -> Json:
-        result: Json = await self._send(_Calls.create_project(body))
+    async def create_project(self, **body: Any) -> Project:
+        result = Project.model_validate(await self._send(_Calls.create_project(body)))
         return result
 
     async def submit(
@@ -448,43 +473,43 @@ class AsyncClient:
         name: str | None = None,
         tags: list[str] | None = None,
         code: str | None = None,
-    ) -> Json:
-        result: Json = await self._send(
-            _Calls.submit(project, options or {}, name, tags or [], code)
+    ) -> Experiment:
+        result = Experiment.model_validate(
+            await self._send(_Calls.submit(project, options or {}, name, tags or [], code))
         )
         return result
 
-    async def experiments(self, **filters: Any) -> Json:
-        result: Json = await self._send(_Calls.experiments(filters))
+    async def experiments(self, **filters: Any) -> ExperimentPage:
+        result = ExperimentPage.model_validate(await self._send(_Calls.experiments(filters)))
         return result
 
-    async def iter_experiments(self, **filters: Any) -> AsyncIterator[Json]:
+    async def iter_experiments(self, **filters: Any) -> AsyncIterator[Experiment]:
         cursor = None
         while True:
             page = await self.experiments(**filters, cursor=cursor)
-            for item in page["items"]:
+            for item in page.items:
                 yield item
-            cursor = page["next"]
+            cursor = page.next
             if cursor is None:
                 return
 
-    async def experiment(self, ref: str) -> Json:
-        result: Json = await self._send(_Calls.experiment(ref))
+    async def experiment(self, ref: str) -> Experiment:
+        result = Experiment.model_validate(await self._send(_Calls.experiment(ref)))
         return result
 
-    async def update_experiment(self, ref: str, **changes: Any) -> Json:
-        result: Json = await self._send(_Calls.update_experiment(ref, changes))
+    async def update_experiment(self, ref: str, **changes: Any) -> Experiment:
+        result = Experiment.model_validate(await self._send(_Calls.update_experiment(ref, changes)))
         return result
 
     async def delete_experiment(self, ref: str) -> None:
         await self._send(_Calls.delete_experiment(ref))
 
-    async def stop(self, ref: str, reason: str | None = None) -> Json:
-        result: Json = await self._send(_Calls.stop(ref, reason))
+    async def stop(self, ref: str, reason: str | None = None) -> Experiment:
+        result = Experiment.model_validate(await self._send(_Calls.stop(ref, reason)))
         return result
 
-    async def restart(self, ref: str) -> Json:
-        result: Json = await self._send(_Calls.restart(ref))
+    async def restart(self, ref: str) -> Experiment:
+        result = Experiment.model_validate(await self._send(_Calls.restart(ref)))
         return result
 
     async def logs(self, ref: str, from_seq: int = 1) -> str:
@@ -510,20 +535,22 @@ class AsyncClient:
         result: Json = await self._send(_Calls.code_snapshot(digest))
         return result
 
-    async def create_sweep(self, project: str, parameters: Json, **fields: Any) -> Json:
-        result: Json = await self._send(
-            _Calls.create_sweep({"project": project, "parameters": parameters, **fields})
+    async def create_sweep(self, project: str, parameters: Json, **fields: Any) -> Sweep:
+        result = Sweep.model_validate(
+            await self._send(
+                _Calls.create_sweep({"project": project, "parameters": parameters, **fields})
+            )
         )
         return result
 
-    async def sweeps(self, **filters: Any) -> Json:
-        result: Json = await self._send(_Calls.sweeps(filters))
+    async def sweeps(self, **filters: Any) -> SweepPage:
+        result = SweepPage.model_validate(await self._send(_Calls.sweeps(filters)))
         return result
 
-    async def sweep(self, ref: str) -> Json:
-        result: Json = await self._send(_Calls.sweep(ref))
+    async def sweep(self, ref: str) -> Sweep:
+        result = Sweep.model_validate(await self._send(_Calls.sweep(ref)))
         return result
 
-    async def stop_sweep(self, ref: str, reason: str | None = None) -> Json:
-        result: Json = await self._send(_Calls.stop_sweep(ref, reason))
+    async def stop_sweep(self, ref: str, reason: str | None = None) -> Sweep:
+        result = Sweep.model_validate(await self._send(_Calls.stop_sweep(ref, reason)))
         return result

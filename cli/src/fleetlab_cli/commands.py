@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleetlab_cli.client import ApiError, Client
+from fleetlab_cli.client import ApiError, Client, plain
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND, EXIT_RUN_FAILED = 1, 2, 3, 4, 5
 TERMINAL = {"succeeded", "failed", "stopped", "lost"}
@@ -54,7 +54,7 @@ def _call(api: str | None, token: str | None, action: Callable[[Client], Any]) -
     """Run ``action`` with a client; API errors become messages and exit codes."""
     try:
         with Client(api, token) as client:
-            return action(client)
+            return plain(action(client))
     except ApiError as exc:
         detail = "".join(f"\n  {k}: {v}" for k, v in exc.fields.items())
         if exc.status == 404:
@@ -120,7 +120,7 @@ def project_create(
             argv = shlex.split(command)
 
             def set_command(client: Client) -> list[dict[str, Any]]:
-                return [client.update_project(p["id"], command=argv) for p in made]
+                return [plain(client.update_project(p["id"], command=argv)) for p in made]
 
             made = _call(api, token, set_command)
     else:
@@ -213,9 +213,9 @@ def submit(
         pairs[key] = value
 
     def run(client: Client) -> dict[str, Any]:
-        schema = client.project(project)["schema"]
+        schema = plain(client.project(project))["schema"]
         typed = {k: _coerce(schema.get(k), k, v) for k, v in pairs.items()}
-        return client.submit(project, typed, name=name, tags=tag or [])
+        return plain(client.submit(project, typed, name=name, tags=tag or []))  # type: ignore[no-any-return]
 
     experiment: dict[str, Any] = _call(api, token, run)
     if as_json:
@@ -243,7 +243,7 @@ def ls(
     def run(client: Client) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         for item in client.iter_experiments(**filters, limit=min(limit, 1000)):
-            items.append(item)
+            items.append(plain(item))
             if len(items) >= limit:
                 break
         return items
@@ -291,7 +291,7 @@ def logs(
     def run(client: Client) -> str | None:
         seen = 0
         while True:
-            status = client.experiment(ref)["status"] if follow else None
+            status = client.experiment(ref).status if follow else None
             text = client.logs(ref, from_seq=seen + 1)
             if text:
                 typer.echo(text, nl=False)

@@ -38,7 +38,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from fleetlab_cli.client import ApiError, Client
+from fleetlab_cli.client import ApiError, Client, plain
 from fleetlab_cli.commands import (
     EXIT_USAGE,
     TERMINAL,
@@ -263,7 +263,7 @@ def follow(client: Client, experiment_id: str, to_stderr: bool, interval: float 
             sink.write(text)
             sink.flush()
             seen += text.count("\n")
-        if experiment["status"] in TERMINAL:
+        if experiment.status in TERMINAL:
             # Lines written before the end are all stored once it has ended: read the rest.
             rest = client.logs(experiment_id, from_seq=seen + 1)
             sink.write(rest)
@@ -337,24 +337,25 @@ def run(
             client.import_project(
                 plan.root / ML_YAML, format="ml.yaml", name=plan.name, replace=True
             )
-            schema: dict[str, Any] = client.update_project(plan.name, code=digest)["schema"]
+            schema: dict[str, Any] = plain(client.update_project(plan.name, code=digest))["schema"]
         else:
             body = {**plan.project, "code": digest}
             try:
-                existing: dict[str, Any] | None = client.project(plan.name)
+                existing: dict[str, Any] | None = plain(client.project(plan.name))
             except ApiError as exc:
                 if exc.status != 404:
                     raise
                 existing = None
             if existing is None:
-                schema = client.create_project(**body)["schema"]
+                schema = plain(client.create_project(**body))["schema"]
             else:
                 changes = {k: v for k, v in body.items() if k != "name"}
-                schema = client.update_project(existing["id"], **changes)["schema"]
+                schema = plain(client.update_project(existing["id"], **changes))["schema"]
         given = {k: _coerce(schema.get(k), k, v) for k, v in pairs.items()}
-        return client.submit(
+        made = client.submit(
             plan.name, {**plan.options, **given}, name=name, tags=tag or [], code=digest
         )
+        return plain(made)  # type: ignore[no-any-return]
 
     experiment: dict[str, Any] = _call(api, token, submit)
     if not follow_:

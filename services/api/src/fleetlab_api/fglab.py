@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import ApiError
 from fleetlab_api.experiments import service as experiments
-from fleetlab_api.experiments.schemas import ExperimentCreate
 from fleetlab_api.projects import repository as projects
-from fleetlab_api.projects.schemas import Project, validate_options
 from fleetlab_api.state import State
+from fleetlab_common.api.experiments import ExperimentCreate
+from fleetlab_common.api.projects import Project, validate_options
 from fleetlab_common.events import Rpc
 from fleetlab_common.log import get_logger
 

@@ -12,15 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import InvalidError
 from fleetlab_api.experiments import export, listing, service
-from fleetlab_api.experiments.schemas import (
+from fleetlab_api.metrics import summary as metric_summary
+from fleetlab_api.projects import service as projects
+from fleetlab_common.api.experiments import (
     Experiment,
     ExperimentCreate,
     ExperimentPage,
     ExperimentUpdate,
     Status,
 )
-from fleetlab_api.metrics import summary as metric_summary
-from fleetlab_api.projects import service as projects
 from fleetlab_common.db import Conn
 
 router = APIRouter(prefix="/api/v1/experiments", tags=["experiments"])

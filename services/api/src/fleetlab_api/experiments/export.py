@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from fleetlab_api.experiments.schemas import Experiment
+from fleetlab_common.api.experiments import Experiment
 
 FIXED = (
     "id",

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from fleetlab_api.errors import InvalidError
-from fleetlab_api.experiments.schemas import Experiment
+from fleetlab_common.api.experiments import Experiment
 
 # field -> (SQL expression, SQL type of the cursor value)
 FIELDS: dict[str, tuple[str, str]] = {

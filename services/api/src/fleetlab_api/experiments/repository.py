@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from fleetlab_api.experiments.listing import MetricFilter, Sort, filter_sql
-from fleetlab_api.experiments.schemas import Experiment
+from fleetlab_common.api.experiments import Experiment
 from fleetlab_common.db import Conn
 
 _SELECT = """SELECT e.*, p.name AS project FROM experiments e

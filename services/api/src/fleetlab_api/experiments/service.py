@@ -11,14 +11,14 @@ from nats.errors import NoRespondersError
 from fleetlab_api.code import service as code
 from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
-from fleetlab_api.experiments.schemas import (
+from fleetlab_api.projects import repository as projects
+from fleetlab_common.api.experiments import (
     TERMINAL,
     Experiment,
     ExperimentCreate,
     ExperimentUpdate,
 )
-from fleetlab_api.projects import repository as projects
-from fleetlab_api.projects.schemas import validate_options
+from fleetlab_common.api.projects import validate_options
 from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db import Conn
 from fleetlab_common.db.outbox import OutboxRelay, enqueue

@@ -25,9 +25,9 @@ from nats.errors import NoRespondersError
 
 from fleetlab_api.errors import ApiError
 from fleetlab_api.experiments import service as experiments
-from fleetlab_api.experiments.schemas import TERMINAL, Experiment
 from fleetlab_api.logs.schemas import LogEnd, Skipped
 from fleetlab_api.state import State
+from fleetlab_common.api.experiments import TERMINAL, Experiment
 from fleetlab_common.events import (
     ExperimentFinished,
     ExperimentLost,

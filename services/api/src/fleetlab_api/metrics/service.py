@@ -9,9 +9,9 @@ from typing import Any
 from faststream.nats import NatsBroker
 
 from fleetlab_api.errors import ApiError
-from fleetlab_api.experiments.schemas import Experiment
 from fleetlab_api.logs.service import ask
 from fleetlab_api.metrics.schemas import ExperimentMetrics, Series, SeriesPoint
+from fleetlab_common.api.experiments import Experiment
 from fleetlab_common.events import Rpc
 
 # One encoder for every point: json.dumps with options builds a new encoder per call, which

@@ -26,8 +26,8 @@ from faststream.nats import NatsBroker
 from fleetlab_api.experiments import repository as repo
 from fleetlab_api.experiments.listing import MetricFilter, Sort, filter_sql
 from fleetlab_api.experiments.repository import _SELECT, _to_experiment
-from fleetlab_api.experiments.schemas import Experiment
 from fleetlab_api.state import State
+from fleetlab_common.api.experiments import Experiment
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.db import Conn
 from fleetlab_common.events import MetricsSummarized

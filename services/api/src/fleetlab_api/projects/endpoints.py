@@ -10,7 +10,7 @@ from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.errors import ApiError
 from fleetlab_api.projects import imports, service
 from fleetlab_api.projects import repository as repo
-from fleetlab_api.projects.schemas import Project, ProjectCreate, ProjectUpdate
+from fleetlab_common.api.projects import Project, ProjectCreate, ProjectUpdate
 
 router = APIRouter(prefix="/api/v1/projects", tags=["projects"])
 

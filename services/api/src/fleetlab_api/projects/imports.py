@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from fleetlab_api.errors import InvalidError
-from fleetlab_api.projects.schemas import ProjectCreate
+from fleetlab_common.api.projects import ProjectCreate
 
 ImportFormat = Literal["fglab", "ml.yaml", "fgmachine"]
 Path_ = tuple[str | int, ...]

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from fleetlab_api.projects.schemas import Project, ProjectCreate
+from fleetlab_common.api.projects import Project, ProjectCreate
 from fleetlab_common.db import Conn
 from fleetlab_common.ids import uuid7
 

@@ -11,7 +11,7 @@ from fleetlab_api.code import service as code
 from fleetlab_api.errors import ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import service as experiments
 from fleetlab_api.projects import repository as repo
-from fleetlab_api.projects.schemas import Project, ProjectCreate, ProjectUpdate
+from fleetlab_common.api.projects import Project, ProjectCreate, ProjectUpdate
 from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db import Conn
 from fleetlab_common.db.outbox import OutboxRelay, enqueue

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from fleetlab_api.deps import ConnDep, StateDep
 from fleetlab_api.sweeps import service
-from fleetlab_api.sweeps.schemas import Sweep, SweepCreate, SweepPage, SweepStop
+from fleetlab_common.api.sweeps import Sweep, SweepCreate, SweepPage, SweepStop
 
 router = APIRouter(prefix="/api/v1/sweeps", tags=["sweeps"])
 

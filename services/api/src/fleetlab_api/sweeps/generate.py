@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fleetlab_api.projects.schemas import OptionSpec, check_value, validate_options
+from fleetlab_common.api.projects import OptionSpec, check_value, validate_options
+from fleetlab_common.api.sweeps import MAX_TRIALS
 
 # The most trials one sweep may create (grid: the product of the value counts).
-MAX_TRIALS = 100_000
 RANGE_KEYS = frozenset({"min", "max", "steps", "scale"})
 SHAPES = (
     'a list of values, {"values": [...]} (or a comma-separated string), '

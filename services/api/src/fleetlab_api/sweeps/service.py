@@ -24,13 +24,13 @@ import asyncpg
 
 from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import listing
-from fleetlab_api.experiments.schemas import TERMINAL, Experiment
 from fleetlab_api.experiments.service import check_artifact_inputs
 from fleetlab_api.metrics import summary as metric_summary
 from fleetlab_api.projects import repository as projects
 from fleetlab_api.sweeps import generate
 from fleetlab_api.sweeps import repository as repo
-from fleetlab_api.sweeps.schemas import Sweep, SweepCreate
+from fleetlab_common.api.experiments import TERMINAL, Experiment
+from fleetlab_common.api.sweeps import MAX_TRIALS, Sweep, SweepCreate
 from fleetlab_common.db import Conn
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.events import ExperimentStopRequested, ExperimentSubmitted, SweepFinished
@@ -75,12 +75,12 @@ async def create(conn: Conn, relay: OutboxRelay, body: SweepCreate) -> Sweep:
         seed = body.seed
         if body.method == "grid":
             size = generate.grid_size(axes)
-            if size > generate.MAX_TRIALS:
+            if size > MAX_TRIALS:
                 sizes = " × ".join(str(len(a.values or ())) for a in axes)
                 raise generate.SpecError(
                     {
                         "parameters": f"the grid has {size:,} trials ({sizes}), more than "
-                        f"the limit of {generate.MAX_TRIALS:,}"
+                        f"the limit of {MAX_TRIALS:,}"
                     }
                 )
             if body.count is not None and body.count != size:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetlab_api.projects.schemas import NAME_PATTERN
+from fleetlab_common.api.projects import NAME_PATTERN
 
 
 class TokenCreate(BaseModel):

@@ -8,9 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetlab_api.experiments.schemas import Experiment
-from fleetlab_api.projects.schemas import Text
-from fleetlab_api.sweeps.generate import MAX_TRIALS
+from fleetlab_common.api.experiments import Experiment
+from fleetlab_common.api.projects import Text
+
+# The most trials one sweep may have (a grid's size is checked before anything is made).
+MAX_TRIALS = 100_000
 
 Method = Literal["grid", "random"]
 Goal = Literal["minimize", "maximize"]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetlab_api.projects.schemas import Text
+from fleetlab_common.api.projects import Text
 
 Status = Literal["queued", "running", "succeeded", "failed", "stopped", "lost"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "stopped", "lost"})
