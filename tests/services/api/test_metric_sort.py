@@ -234,3 +234,14 @@ async def test_a_cursor_of_another_sort_is_refused(
     )
     assert response.status_code == 422
     assert "cursor" in response.text
+
+
+async def test_score_names_with_spaces_sort(client: httpx.AsyncClient) -> None:
+    # FGMachine's own results files name scores like "Test Score".
+    response = await client.get(
+        "/api/v1/experiments", params={"sort": "-results._scores.Test Score", "limit": 5}
+    )
+    assert response.status_code == 200, response.text
+    bad = await client.get("/api/v1/experiments", params={"sort": "results._scores.a\x01b"})
+    assert bad.status_code == 422
+    assert "sort" in bad.json()["fields"]

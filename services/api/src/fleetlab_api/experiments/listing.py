@@ -42,7 +42,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "attempt": ("e.attempt::bigint", "bigint"),
     "exit_code": ("coalesce(e.exit_code, -2147483649)", "bigint"),
 }
-_PATH_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$|^_[A-Za-z0-9_]+$")
+# A key of a JSON path: any text without control characters (it travels as a query parameter,
+# never spliced into SQL), so FGMachine's "Test Score" sorts as results._scores.Test Score.
+_PATH_PART = re.compile(r"^[^\x00-\x1f\x7f]+$")
 SORT_HELP = (
     "a field (" + ", ".join(FIELDS) + "), options.<name>, results.<path> "
     "(e.g. results._scores.accuracy) or metrics.<name>[.last|.min|.max], "
