@@ -256,7 +256,7 @@ async def test_random_is_reproducible_from_its_seed_and_honours_count(
         ),
         ({"method": "random", "parameters": {"lr": [0.1]}}, "count", "count"),
         ({"parameters": {"lr": [0.1, 0.2]}, "count": 5}, "count", "leave count out"),
-        ({"metric": "results.bad key"}, "metric", "results"),
+        ({"metric": "results.bad\x01key"}, "metric", "results"),
         ({"parallelism": 0}, "parallelism", "greater than or equal to 1"),
         ({"method": "bayes"}, "method", "grid"),
     ],

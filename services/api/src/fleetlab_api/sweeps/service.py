@@ -198,11 +198,13 @@ async def best_trial(
 
 
 def _status(row: asyncpg.Record, counts: dict[str, int]) -> str:
+    # The row and the counts are read apart: "finished" waits for the row's own mark (made in
+    # the transaction that recorded the last trial's end), so it always comes with finished_at.
     if row["stopped_at"] is not None:
         return "stopped"
-    if any(counts.get(s, 0) for s in repo.ACTIVE):
-        return "running"
-    return "finished"
+    if row["finished_at"] is not None:
+        return "finished"
+    return "running"
 
 
 async def _view(conn: Conn, row: asyncpg.Record, counts: dict[str, int]) -> Sweep:
