@@ -496,28 +496,6 @@ def test_deleting_an_experiment_deletes_its_log_metrics_and_files(
     assert not any(p.is_file() for p in archives.rglob("*"))
 
 
-def test_sigterm_stops_everything_and_data_survives_a_restart(
-    stack: Stack, client: httpx.Client
-) -> None:
-    experiments = client.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
-    pids = [p for p in stack.info()["pids"].values() if p]
-    took = stop_stack(stack)
-    assert stack.proc.returncode == 0
-    assert took < 10
-    assert not (stack.home / "stack.json").exists()
-    leftovers = [p for p in pids if Path(f"/proc/{p}").exists()]
-    assert leftovers == []
-
-    again = start_stack(stack.home, free_port())
-    try:
-        with httpx.Client(base_url=again.url, timeout=10) as c2:
-            after = c2.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
-            assert [e["id"] for e in after] == [e["id"] for e in experiments]
-            assert wait_terminal(c2, submit(c2, "hello")["id"])["status"] == "succeeded"
-    finally:
-        stop_stack(again)
-
-
 def test_the_python_sdk_returns_the_api_s_own_models(stack: Stack, train_py: Path) -> None:
     from fleetlab_cli import ApiError, AsyncClient, Client, plain
     from fleetlab_common.api.experiments import Experiment, ExperimentPage
@@ -557,3 +535,25 @@ def test_the_python_sdk_returns_the_api_s_own_models(stack: Stack, train_py: Pat
 
     listed = asyncio.run(from_async())
     assert len(listed) == 2 and all(isinstance(e, Experiment) for e in listed)
+
+
+def test_sigterm_stops_everything_and_data_survives_a_restart(
+    stack: Stack, client: httpx.Client
+) -> None:
+    experiments = client.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
+    pids = [p for p in stack.info()["pids"].values() if p]
+    took = stop_stack(stack)
+    assert stack.proc.returncode == 0
+    assert took < 10
+    assert not (stack.home / "stack.json").exists()
+    leftovers = [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert leftovers == []
+
+    again = start_stack(stack.home, free_port())
+    try:
+        with httpx.Client(base_url=again.url, timeout=10) as c2:
+            after = c2.get("/api/v1/experiments", params={"limit": 1000}).json()["items"]
+            assert [e["id"] for e in after] == [e["id"] for e in experiments]
+            assert wait_terminal(c2, submit(c2, "hello")["id"])["status"] == "succeeded"
+    finally:
+        stop_stack(again)

@@ -78,9 +78,11 @@ async def latest_attempt(conn: Conn, experiment_id: uuid.UUID) -> int | None:
 
 
 async def count_lines(conn: Conn, experiment_id: uuid.UUID, attempt: int) -> int:
-    """How many lines of the attempt are stored (kept in ``runs``, not counted)."""
+    """How many lines of the attempt are stored (kept in ``runs``, not counted). An expired
+    run's lines are gone for good: it counts as complete, so nobody waits for them."""
     value = await conn.fetchval(
-        "SELECT stored FROM runs WHERE experiment_id = $1 AND attempt = $2",
+        """SELECT CASE WHEN expired_at IS NULL THEN stored ELSE 2147483647 END
+           FROM runs WHERE experiment_id = $1 AND attempt = $2""",
         experiment_id,
         attempt,
     )

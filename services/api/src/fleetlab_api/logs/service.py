@@ -62,6 +62,10 @@ async def ask(
     return await reply.decode()
 
 
+# How long reading a finished run's whole log waits for lines still on their way.
+WHOLE_LOG_WAIT_S = 8.0
+
+
 async def fetch_page(
     broker: NatsBroker,
     experiment: Experiment,
@@ -113,6 +117,9 @@ async def read_lines(
             to_seq=to_seq,
             stream=stream,
             min_count=expected,
+            # A run's last batches may still be on their way (a busy machine, a broker that
+            # just came back): the whole-log read waits for them longer than a live view.
+            wait_s=WHOLE_LOG_WAIT_S,
             timeout_s=timeout_s,
         )
         lines += page["lines"]
