@@ -304,7 +304,12 @@ def test_stop_a_running_experiment_from_its_page(
     expect(status_badge(page)).to_have_text("stopped")
     expect(page.locator("#log .end-marker")).to_contain_text("stopped")
     expect(page.get_by_role("button", name="Stop")).to_be_hidden()
-    assert client.get(f"/api/v1/experiments/{experiment['id']}").json()["status"] == "stopped"
+    # The page hears the end from the event stream; the record follows a moment later.
+    wait_until(
+        lambda: client.get(f"/api/v1/experiments/{experiment['id']}").json()["status"] == "stopped",
+        10,
+        "the record to say stopped",
+    )
 
     # The table filters by status, and exports what it shows.
     page.goto("/experiments")
