@@ -24,40 +24,7 @@ pytestmark = pytest.mark.e2e
 
 TERMINAL = {"succeeded", "failed", "stopped", "lost"}
 
-RENDEZVOUS = """
-import os, socket, sys, time
-
-rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-print(f"rank {rank} of {world} on {os.environ['FLEETLAB_WORK_DIR'].rsplit('-', 1)[-1]}")
-fail = next((int(a.split("=")[1]) for a in sys.argv[1:] if a.startswith("--fail=")), -1)
-if rank == 0:
-    server = socket.create_server((addr, port))
-    server.settimeout(60)
-    peers = []
-    for _ in range(world - 1):
-        conn, _ = server.accept()
-        peers.append(int(conn.recv(16)))
-        conn.sendall(b"0")
-        conn.close()
-    print(f"rank 0 got ranks {sorted(peers)}")
-else:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            sock = socket.create_connection((addr, port), timeout=5)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    sock.sendall(str(rank).encode())
-    print(f"rank {rank} got rank {int(sock.recv(16))}")
-if rank == fail:
-    sys.exit(3)
-if fail >= 0:
-    time.sleep(120)
-"""
+RENDEZVOUS = (Path(__file__).parents[1] / "programs" / "rendezvous.py").read_text()
 
 
 SECOND_AGENT = ("--name", "second", "--slots", "2")
@@ -158,7 +125,7 @@ def test_two_workers_on_two_agents_rendezvous_and_the_log_keeps_ranks(
     eid = submit(client, "ddp")
     record = wait_terminal(client, eid)
     assert record["status"] == "succeeded", record
-    assert record["log_lines"] == 4
+    assert record["log_lines"] == 6  # three lines a rank
     log = client.get(f"/api/v1/experiments/{eid}/logs").text.splitlines()
     assert "[rank 0] rank 0 got ranks [1]" in log
     assert "[rank 1] rank 1 got rank 0" in log

@@ -32,41 +32,7 @@ from fleetlab_scheduler.settings import SchedulerSettings
 
 WAIT_S = 30.0
 
-RENDEZVOUS = r"""
-import os, socket, sys, time
-
-rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-print(f"rank {rank} of {world}, local rank {os.environ['LOCAL_RANK']}, master {addr}:{port}")
-fail = next((int(a.split("=")[1]) for a in sys.argv[1:] if a.startswith("--fail=")), -1)
-if rank == 0:
-    server = socket.create_server((addr, port))
-    server.settimeout(60)
-    peers = []
-    for _ in range(world - 1):
-        conn, _ = server.accept()
-        peers.append(int(conn.recv(16)))
-        conn.sendall(b"0")
-        conn.close()
-    print(f"rank 0 got ranks {sorted(peers)}")
-else:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            sock = socket.create_connection((addr, port), timeout=5)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    sock.sendall(str(rank).encode())
-    print(f"rank {rank} got rank {int(sock.recv(16))}")
-if rank == fail:
-    print(f"rank {rank} fails", file=sys.stderr)
-    sys.exit(3)
-if fail >= 0:
-    time.sleep(120)  # the others wait: they must be stopped when a rank fails
-"""
+RENDEZVOUS = (Path(__file__).parents[2] / "programs" / "rendezvous.py").read_text()
 
 
 class Events:
@@ -205,7 +171,8 @@ async def test_two_ranks_on_two_agents_rendezvous_over_tcp(
     assert (1, f"rank 1 of 2, local rank 0, master {master}") in by_rank
     assert (0, "rank 0 got ranks [1]") in by_rank
     assert (1, "rank 1 got rank 0") in by_rank
-    assert len({ln["seq"] for ln in lines}) == len(lines) == finished["log_lines"] == 4
+    # Three lines a rank.
+    assert len({ln["seq"] for ln in lines}) == len(lines) == finished["log_lines"] == 6
 
 
 async def test_a_failing_rank_fails_the_experiment_and_stops_the_other(

@@ -18,7 +18,7 @@ from fleetlab_common.events import ExperimentStarted
 from fleetlab_common.ids import uuid7
 
 from .conftest import eventually
-from .test_logs_support import Logstream, batch, new_database, serve
+from .test_logs_support import Logstream, batch, running_logstream, serve
 
 MakeProject = Callable[..., Awaitable[dict[str, Any]]]
 VIEWERS = 50
@@ -28,16 +28,10 @@ VIEWERS = 50
 async def logstream(
     nats_url: str, postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Logstream]:
-    ls = Logstream(
-        nats_url,
-        await new_database(postgres_dsn, "viewers"),
-        tmp_path_factory.mktemp("logstream-home"),
-    )
-    await ls.start()
-    try:
+    async with running_logstream(
+        nats_url, postgres_dsn, tmp_path_factory.mktemp("logstream-home"), "viewers"
+    ) as ls:
         yield ls
-    finally:
-        await ls.stop()
 
 
 @pytest.fixture(scope="module")

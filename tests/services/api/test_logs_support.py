@@ -4,6 +4,7 @@ the API served over real HTTP (SSE and WebSockets need a server), and an SSE rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -170,3 +171,16 @@ async def take_until(
             got.append(await out.get())
             assert got[-1].event != "closed" or kind == "closed", got[-3:]
     return got
+
+
+@contextlib.asynccontextmanager
+async def running_logstream(
+    nats_url: str, postgres_dsn: str, home: Path, name: str
+) -> AsyncIterator[Logstream]:
+    """A logstream service on a database of its own, started, and stopped at the end."""
+    ls = Logstream(nats_url, await new_database(postgres_dsn, name), home)
+    await ls.start()
+    try:
+        yield ls
+    finally:
+        await ls.stop()

@@ -28,7 +28,7 @@ from fleetlab_common.events import ExperimentAssigned, ExperimentStarted
 from fleetlab_common.ids import uuid7
 from fleetlab_common.runspec import RunSpec
 
-from .test_logs_support import Logstream, new_database
+from .test_logs_support import Logstream, running_logstream
 
 MakeProject = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -37,16 +37,10 @@ MakeProject = Callable[..., Awaitable[dict[str, Any]]]
 async def logstream(
     nats_url: str, postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Logstream]:
-    ls = Logstream(
-        nats_url,
-        await new_database(postgres_dsn, "metrics"),
-        tmp_path_factory.mktemp("logstream-home"),
-    )
-    await ls.start()
-    try:
+    async with running_logstream(
+        nats_url, postgres_dsn, tmp_path_factory.mktemp("logstream-home"), "metrics"
+    ) as ls:
         yield ls
-    finally:
-        await ls.stop()
 
 
 @pytest.fixture
