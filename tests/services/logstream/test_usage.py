@@ -220,7 +220,7 @@ async def test_batches_from_jetstream_are_stored_and_answered_over_rpc(
             await publish_event(client, sampled("nats-agent", s, {eid: 25.0}))
 
         async def ask(subject: str, body: dict[str, Any]) -> dict[str, Any]:
-            reply = await client.request(body, subject, timeout=5.0)
+            reply = await client.request(body, subject, timeout=20.0)
             answer: dict[str, Any] = await reply.decode()  # type: ignore[assignment]
             return answer
 
@@ -228,7 +228,7 @@ async def test_batches_from_jetstream_are_stored_and_answered_over_rpc(
             page = await ask(Rpc.USAGE, {"experiment_id": str(eid)})
             return page if page["total"] == 3 else None
 
-        async with asyncio.timeout(20):  # the batches may still be on their way
+        async with asyncio.timeout(60):  # the batches may still be on their way
             while (page := await stored()) is None:
                 await asyncio.sleep(0.05)
         assert [s["cpu_percent"] for s in page["samples"]] == [25.0, 25.0, 25.0]
