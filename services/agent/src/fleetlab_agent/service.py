@@ -364,42 +364,27 @@ class Agent:
             exit_code=result.exit_code,
             reason=result.reason,
         )
+        outcome = {
+            "experiment_id": run.experiment_id,
+            "agent_id": self.name,
+            "attempt": run.attempt,
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "signal": result.signal,
+            "reason": result.reason,
+            "started": result.started,
+            "started_at": result.started_at,
+            "log_lines": result.log_lines,
+            "outputs": result.outputs,
+            "outputs_skipped": result.outputs_skipped,
+        }
         if run.world_size > 1:
+            # One rank of several: the scheduler makes the experiment's one end of them all.
             await self.spool.put(
-                WorkerFinished(
-                    experiment_id=run.experiment_id,
-                    agent_id=self.name,
-                    attempt=run.attempt,
-                    rank=run.rank,
-                    world_size=run.world_size,
-                    status=result.status,
-                    exit_code=result.exit_code,
-                    signal=result.signal,
-                    reason=result.reason,
-                    started=result.started,
-                    started_at=result.started_at,
-                    log_lines=result.log_lines,
-                    outputs=result.outputs,
-                    outputs_skipped=result.outputs_skipped,
-                ),
+                WorkerFinished(**outcome, rank=run.rank, world_size=run.world_size)
             )
             return
-        await self.spool.put(
-            ExperimentFinished(
-                experiment_id=run.experiment_id,
-                agent_id=self.name,
-                attempt=run.attempt,
-                status=result.status,
-                exit_code=result.exit_code,
-                signal=result.signal,
-                reason=result.reason,
-                started=result.started,
-                started_at=result.started_at,
-                log_lines=result.log_lines,
-                outputs=result.outputs,
-                outputs_skipped=result.outputs_skipped,
-            ),
-        )
+        await self.spool.put(ExperimentFinished(**outcome))
 
     async def shutdown(self) -> None:
         """The agent is stopping: its experiments' processes go with it, at once."""
