@@ -127,8 +127,11 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 async def _ready(nc: NatsClient, proc: subprocess.Popen[bytes], log: Path) -> bool:
     assert proc.poll() is None, log.read_text()[-3000:]
+    # Every verb, since the subscriptions come up one by one; an empty body changes nothing
+    # (each verb that writes refuses it).
     try:
-        await nc.request(Rpc.webhooks("list"), b"{}", timeout=0.5)
+        for verb in Rpc.WEBHOOKS_VERBS:
+            await nc.request(Rpc.webhooks(verb), b"{}", timeout=0.5)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
         return False
     return True
