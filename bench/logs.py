@@ -15,12 +15,15 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import nats
@@ -71,36 +74,65 @@ async def stored_all(nats_url: str, experiment_id: str, n: int, timeout: float) 
         await nc.close()
 
 
+# A line event as the API writes it, with the time the program printed the line (the first
+# word of its text). The viewer reads the HTTP response off a plain socket (chunked transfer
+# undone by hand) and finds the events with regular expressions over each read: a viewer
+# parsing every event's JSON through an HTTP library in Python cost more CPU than the API
+# spent sending them, on the same two cores. A browser's EventSource is native code. Every
+# line's number is checked (lost, duplicated); the latency is taken on every 10th line.
+_ID = re.compile(rb"^id: (\d+)$", re.MULTILINE)
+_LINE = re.compile(rb'id: (\d+0)\nevent: line\ndata: [^\n]*?"line":"(\d+\.\d+) ')
+_END = b"event: end\ndata: "
+
+
+async def _sse_body(url: str, path: str) -> AsyncIterator[bytes]:
+    """The body of ``GET path`` (an SSE stream, chunked), read by hand."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n"
+        writer.write(request.encode() + b"\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            raise RuntimeError(f"the viewer got {head.decode(errors='replace')}")
+        if b"transfer-encoding: chunked" not in head.lower():
+            raise RuntimeError("the viewer expected a chunked response")
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                return
+            chunk = await reader.readexactly(size + 2)
+            yield chunk[:-2]
+    finally:
+        writer.close()
+
+
 async def view(url: str, experiment_id: str, n: int) -> dict[str, Any]:
     """Follow the run on the SSE route from line 1; note each line's latency."""
     latencies: list[float] = []
     seqs: set[int] = set()
     duplicates = 0
     end: dict[str, Any] | None = None
-    async with (
-        httpx.AsyncClient(base_url=url, timeout=None) as http,
-        http.stream(
-            "GET", f"/api/v1/experiments/{experiment_id}/logs/stream", params={"from_seq": 1}
-        ) as response,
-    ):
-        if response.status_code != 200:
-            raise RuntimeError(f"the viewer got {response.status_code}: {await response.aread()!r}")
-        event = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "line":
-                    now = time.time()
-                    printed = float(data["line"].split(" ", 1)[0])
-                    latencies.append(now - printed)
-                    if data["seq"] in seqs:
-                        duplicates += 1
-                    seqs.add(data["seq"])
-                elif event == "end":
-                    end = data
-                    break
+    buf = b""
+    path = f"/api/v1/experiments/{experiment_id}/logs/stream?from_seq=1"
+    async for chunk in _sse_body(url, path):
+        buf += chunk
+        cut = buf.rfind(b"\n\n")
+        if cut < 0:
+            continue
+        block, buf = buf[: cut + 2], buf[cut + 2 :]
+        now = time.time()
+        got = [int(x) for x in _ID.findall(block)]
+        before = len(seqs)
+        seqs.update(got)
+        duplicates += len(got) - (len(seqs) - before)
+        latencies += [now - float(m[2]) for m in _LINE.finditer(block)]
+        at = block.find(_END)
+        if at >= 0:
+            start = at + len(_END)
+            end = json.loads(block[start : block.index(b"\n", start)])
+            break
     return {"latencies": latencies, "seqs": seqs, "duplicates": duplicates, "end": end}
 
 
@@ -112,11 +144,11 @@ async def paced(
     code.write_text(textwrap.dedent(PACED.format(rate=rate, seconds=seconds)))
     r = await http.post(
         "/api/v1/projects",
-        json={"name": "paced", "command": [sys.executable, str(code)], "schema": {}},
+        json={"name": f"paced-{rate}", "command": [sys.executable, str(code)], "schema": {}},
     )
     r.raise_for_status()
     n = rate // 100 * 100 * seconds
-    eid = (await http.post("/api/v1/experiments", json={"project": "paced"})).json()["id"]
+    eid = (await http.post("/api/v1/experiments", json={"project": f"paced-{rate}"})).json()["id"]
     viewer = asyncio.create_task(view(url, eid, n))
     await stored_all(nats_url, eid, n, timeout=600)
     seen = await asyncio.wait_for(viewer, 600)
@@ -137,6 +169,12 @@ async def bench(n: int) -> dict[str, Any]:
     code.write_text(textwrap.dedent(PROGRAM.format(n=n)))
     with stack() as (url, info):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            # The steady runs first, on a quiet stack: after the saturating run, logstream
+            # archives its million lines for seconds, and that would be measured with them.
+            # A first short run warms the path up (first process start, first chunk stored).
+            await paced(url, info["nats_url"], http, 1_000, 1)
+            steady = await paced(url, info["nats_url"], http, 20_000, 5)
+            steady_100k = await paced(url, info["nats_url"], http, 100_000, 5)
             r = await http.post(
                 "/api/v1/projects",
                 json={"name": "spam", "command": [sys.executable, str(code)], "schema": {}},
@@ -149,7 +187,6 @@ async def bench(n: int) -> dict[str, Any]:
             seen = await asyncio.wait_for(viewer, 600)
             first = (await http.get(f"/api/v1/experiments/{eid}/logs", params={"to_seq": 1})).text
             record_ = (await http.get(f"/api/v1/experiments/{eid}")).json()
-            steady = await paced(url, info["nats_url"], http, 20_000, 5)
     started = float(first.split(" ", 1)[0])
     took = stored_at - started
     lat = seen["latencies"]
@@ -168,6 +205,7 @@ async def bench(n: int) -> dict[str, Any]:
         "lines_lost": n - len(seen["seqs"]),
         "end": seen["end"],
         "paced": steady,
+        "paced_100k": steady_100k,
     }
 
 
@@ -195,17 +233,27 @@ def main() -> None:
             f"| lines stored end to end | {stored} | ≥ 100,000 lines/s |",
             f"| line latency at a live viewer | {latency} | p99 ≤ 250 ms |",
             f"| lines lost (viewer / store) | {lost} | 0 |",
-            f"| line latency at a live viewer, a run printing {p['rate']:,} lines/s "
-            f"({p['lines']:,} lines) | p50 {p['viewer_p50_ms']} ms, p99 {p['viewer_p99_ms']} ms, "
-            f"lost {p['lines_lost']} | p99 ≤ 250 ms |",
+            *(
+                f"| line latency at a live viewer, a run printing {q['rate']:,} lines/s "
+                f"({q['lines']:,} lines) | p50 {q['viewer_p50_ms']} ms, "
+                f"p99 {q['viewer_p99_ms']} ms, lost {q['lines_lost']} | p99 ≤ 250 ms |"
+                for q in (p, r["paced_100k"])
+            ),
             "",
-            "The first latency is measured at saturation: the program, the agent, NATS,",
-            "PostgreSQL, logstream, the API and the viewer (a Python SSE client) share 2 cores,",
-            "and the viewer falls behind a run printing this fast. The second is a run printing",
-            "at a steady rate in bursts every 10 ms, with the same single viewer. The machine's",
-            "2 cores were shared with other work while measuring (load average "
-            f"{' / '.join(str(x) for x in r['load_average_after'])} just after): the figures",
-            "are pessimistic.",
+            "The first latency is measured at saturation: the program prints as fast as Python",
+            "can while the agent, NATS, PostgreSQL, logstream, the API and the viewer share the",
+            "same 2 cores; each line's latency runs from the program's clock when it formatted",
+            "the line to the viewer reading it. The viewer reads the HTTP response off a plain",
+            "socket and finds the events with one regular expression (as a browser's native",
+            "EventSource would cost the machine little), so its own parsing does not starve",
+            "the services it measures. At saturation the program outruns what the machine can",
+            "carry to the viewer (every stage together costs about 21 µs of CPU per line), so",
+            "the viewer falls behind while storage keeps up. The last two rows are runs printing",
+            "at a steady rate in bursts every 10 ms, with the same single viewer, measured",
+            "first, on a quiet stack (after a short warm-up run). Lines travel in batches of up",
+            "to 2,000 (or 50 ms), and logstream stores a batch as one row. Load average just "
+            "after: "
+            f"{' / '.join(str(x) for x in r['load_average_after'])}.",
         ]
     )
     record("logs", r, table)

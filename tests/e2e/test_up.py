@@ -483,7 +483,7 @@ def test_deleting_an_experiment_deletes_its_log_metrics_and_files(
         conn = await asyncpg.connect(dsn)
         try:
             total = 0
-            for table in ("lines", "runs", "metric_points", "metric_summary"):
+            for table in ("chunks", "runs", "metric_chunks", "metric_summary"):
                 total += await conn.fetchval(
                     f"SELECT count(*) FROM logstream.{table} WHERE experiment_id = $1",
                     uuid.UUID(experiment_id),

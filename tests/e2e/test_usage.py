@@ -123,3 +123,63 @@ def test_usage_and_results_show_while_a_run_goes_and_stay_after(stack: Stack) ->
         measurements = client.get(f"/api/v1/experiments/{eid}/measurements.json").json()
         assert len(measurements["resources"]) >= len(samples)
         assert any(r["cpu_percent"] > 10 for r in measurements["resources"])
+
+
+# Rank r holds 60 + 100 * r MB until the test's "go" in its working directory.
+RANKED = textwrap.dedent(
+    """
+    import os, time
+    rank = int(os.environ["RANK"])
+    block = b"x" * ((60 + 100 * rank) * 1024 * 1024)
+    go = os.path.join(os.environ["FLEETLAB_WORK_DIR"], "go")
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    """
+)
+
+
+def test_each_rank_of_a_multi_worker_run_has_usage_of_its_own(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        # Two ranks of one CPU slot each: both on the stack's one agent.
+        project = client.post(
+            "/api/v1/projects",
+            json={
+                "name": "e2e-usage-ranks",
+                "command": [sys.executable, "-c", RANKED],
+                "workers": 2,
+                "resources": {"cpus": 1},
+            },
+        )
+        assert project.status_code == 201, project.text
+        submitted = client.post("/api/v1/experiments", json={"project": "e2e-usage-ranks"})
+        assert submitted.status_code == 201, submitted.text
+        eid = submitted.json()["id"]
+
+        def both_ranks_hold_their_memory() -> list[dict[str, Any]] | None:
+            samples: list[dict[str, Any]] = client.get(
+                f"/api/v1/experiments/{eid}/usage", params={"points": 0}
+            ).json()["samples"]
+            full = {s["rank"] for s in samples if s["rss_mb"] > 60 + 100 * (s["rank"] or 0)}
+            return samples if full == {0, 1} else None
+
+        samples = wait_until(both_ranks_hold_their_memory, 60, "usage of both ranks")
+        assert {s["rank"] for s in samples} == {0, 1}
+        assert all(s["agent_id"] == AGENT and s["processes"] == 1 for s in samples)
+        # Rank 0's samples are its own tree alone, never the two ranks added together.
+        assert max(s["rss_mb"] for s in samples if s["rank"] == 0) < 160
+        measurements = client.get(f"/api/v1/experiments/{eid}/measurements.json").json()
+        assert {r["rank"] for r in measurements["resources"]} == {0, 1}
+
+        work = stack.home / "agent" / AGENT / "work"
+        for rank in (0, 1):
+            (work / f"{eid}-1-r{rank}" / "go").write_text("")
+        done = wait_until(
+            lambda: (
+                (r := client.get(f"/api/v1/experiments/{eid}").json())["status"]
+                in {"succeeded", "failed"}
+                and r
+            ),
+            60,
+            "the end",
+        )
+        assert done["status"] == "succeeded", done

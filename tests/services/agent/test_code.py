@@ -24,6 +24,7 @@ from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import make_broker
 from fleetlab_common.events import (
+    EncodedEvent,
     ExperimentAssigned,
     ExperimentFinished,
     ExperimentStarted,
@@ -131,7 +132,8 @@ async def run_all(agent: Agent, events: list[ExperimentAssigned]) -> list[object
     published: list[object] = []
 
     async def capture(event: object) -> None:
-        published.append(event)
+        # Line batches come already encoded: read back as the consumers read them.
+        published.append(event.decode() if isinstance(event, EncodedEvent) else event)
 
     agent.spool.put = capture  # type: ignore[method-assign]  # observe what it would send
     for event in events:

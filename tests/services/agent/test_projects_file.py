@@ -15,7 +15,12 @@ from fleetlab_agent.projects import ProjectsFileError, load_projects
 from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import make_broker
-from fleetlab_common.events import ExperimentAssigned, ExperimentFinished, LogLine
+from fleetlab_common.events import (
+    EncodedEvent,
+    ExperimentAssigned,
+    ExperimentFinished,
+    LogLine,
+)
 from fleetlab_common.runspec import RunSpec
 
 # shared/ stands beside the checkout (CI) or at /work/shared (the developers' machines).
@@ -94,7 +99,8 @@ async def test_an_agent_runs_a_project_with_its_own_command(tmp_path: Path, nats
     assert agent.heartbeat().projects == ["local-demo"]
 
     async def capture(event: object) -> None:
-        published.append(event)
+        # Line batches come already encoded: read back as the consumers read them.
+        published.append(event.decode() if isinstance(event, EncodedEvent) else event)
 
     agent.spool.put = capture  # type: ignore[method-assign]  # observe what it would send
     try:

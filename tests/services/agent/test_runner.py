@@ -22,8 +22,9 @@ class Collected:
     def __init__(self) -> None:
         self.batches: list[list[LogLine]] = []
 
-    async def __call__(self, lines: list[LogLine]) -> None:
-        self.batches.append(lines)
+    async def __call__(self, lines: list[dict[str, object]]) -> None:
+        # What the agent sends, read as the model reads it off the wire.
+        self.batches.append([LogLine.model_validate(ln) for ln in lines])
 
     @property
     def lines(self) -> list[LogLine]:
@@ -205,8 +206,10 @@ async def test_lines_go_in_bounded_batches(tmp_path: Path) -> None:
     assert len(out.batches) < 2500 / 10  # batched, not one message per line
 
 
-def test_the_process_dies_with_the_agent(tmp_path: Path) -> None:
-    """However the agent dies (here SIGKILL), its experiment's process goes with it."""
+@pytest.mark.parametrize("setpriv", [True, False], ids=["setpriv", "preexec"])
+def test_the_process_dies_with_the_agent(tmp_path: Path, setpriv: bool) -> None:
+    """However the agent dies (here SIGKILL), its experiment's process goes with it: started
+    through setpriv, or, on a machine without it, with the signal set by the agent."""
     pidfile = tmp_path / "exp.pid"
     host = tmp_path / "host.py"
     host.write_text(
@@ -214,8 +217,12 @@ def test_the_process_dies_with_the_agent(tmp_path: Path) -> None:
             f"""
             import asyncio, sys, uuid
             from pathlib import Path
+            from fleetlab_agent import runner
             from fleetlab_agent.runner import Run
             from fleetlab_common.runspec import RunSpec
+
+            if not {setpriv!r}:
+                runner._SETPRIV = None
 
             async def main():
                 run = Run(uuid.uuid4(), 1, RunSpec(command=[sys.executable, "-c",

@@ -101,6 +101,46 @@ async def test_what_a_stopped_agent_left_unsent_goes_out_when_it_starts_again(
         await broker.stop()
 
 
+async def test_records_an_earlier_agent_wrote_in_the_older_form_are_sent_too(
+    own_nats: RestartableNats, tmp_path: Path
+) -> None:
+    # Before line batches were written pre-encoded, a record was one JSON object holding the
+    # payload as a string; an agent upgraded with such records unsent must still send them.
+    settings = NatsSettings(url=own_nats.url)
+    experiment = uuid.uuid4()
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    old = [batch(experiment, seq) for seq in (1, 2)]
+    records = [
+        {
+            "subject": e.subject(),
+            "stream": e.STREAM,
+            "headers": e.headers(),
+            "payload": e.model_dump_json(),
+        }
+        for e in old
+    ]
+    (directory / f"{0:012d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    broker = make_broker(settings, "spool-test-3")
+    await broker.start()
+    await ensure_streams(broker.connection.jetstream(), settings)
+    spool = Spool(directory, broker)
+    spool.start()
+    try:
+        await spool.put(
+            LogLinesAppended.encode(
+                experiment,
+                "spooler",
+                1,
+                [{"seq": 3, "stream": "stdout", "ts": "2026-01-01T00:00:00Z", "line": "line 3"}],
+            )
+        )
+        assert await wait_stored(own_nats.url, experiment, 3) == [1, 2, 3]
+    finally:
+        await spool.stop()
+        await broker.stop()
+
+
 async def test_a_full_spool_makes_writers_wait_instead_of_dropping(
     own_nats: RestartableNats, tmp_path: Path
 ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,7 +25,7 @@ from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_agent.usage import Tracked, UsageSampler
 from fleetlab_common.broker import ensure_streams, make_broker, publish_event
-from fleetlab_common.events import ExperimentAssigned, ExperimentUsage, LogLine
+from fleetlab_common.events import ExperimentAssigned, ExperimentUsage
 from fleetlab_common.runspec import RunSpec
 from fleetlab_common.testing.plugin import RestartableNats
 
@@ -56,8 +58,8 @@ async def until(probe: Callable[[], Any], what: str, timeout: float = 20) -> Any
 async def test_a_busy_process_tree_shows_its_cpu_and_its_memory(tmp_path: Path) -> None:
     ready = asyncio.Event()
 
-    async def lines(batch: list[LogLine]) -> None:
-        if any(line.line == "ready" for line in batch):
+    async def lines(batch: list[dict[str, object]]) -> None:
+        if any(line["line"] == "ready" for line in batch):
             ready.set()
 
     run = Run(
@@ -93,26 +95,39 @@ async def test_a_busy_process_tree_shows_its_cpu_and_its_memory(tmp_path: Path) 
         await waiting
 
 
-def test_two_ranks_of_one_experiment_on_one_agent_make_one_sample() -> None:
+def test_each_rank_of_an_experiment_on_one_agent_makes_a_sample_of_its_own() -> None:
     eid = uuid.uuid4()
+    # Rank 0 is a lone process; rank 1 holds 100 MB more and has a child.
+    programs = [
+        "import time; time.sleep(60)",
+        "import subprocess, sys, time\n"
+        "block = b'x' * (100 * 1024 * 1024)\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)",
+    ]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+            [sys.executable, "-c", program], start_new_session=True, stdout=subprocess.PIPE
         )
-        for _ in range(2)
+        for program in programs
     ]
     try:
-        ranks = [Tracked(eid, 1, p.pid) for p in procs]
-        other = Tracked(uuid.uuid4(), 1, procs[0].pid)
-        sample = UsageSampler("a1", lambda: [*ranks, other]).sample()
-        by_id = {e.experiment_id: e for e in sample.experiments}
-        assert len(sample.experiments) == 2
-        assert by_id[eid].processes == 2
-        assert by_id[eid].rss_mb > by_id[other.experiment_id].rss_mb
+        assert procs[1].stdout is not None and procs[1].stdout.readline() == b"ready\n"
+        ranks = [Tracked(eid, 1, p.pid, rank=r) for r, p in enumerate(procs)]
+        single = Tracked(uuid.uuid4(), 1, procs[0].pid)
+        sample = UsageSampler("a1", lambda: [*ranks, single]).sample()
+        assert len(sample.experiments) == 3
+        by_rank = {e.rank: e for e in sample.experiments if e.experiment_id == eid}
+        assert set(by_rank) == {0, 1}
+        assert (by_rank[0].processes, by_rank[1].processes) == (1, 2)
+        assert by_rank[1].rss_mb > by_rank[0].rss_mb + 90
+        (alone,) = [e for e in sample.experiments if e.experiment_id == single.experiment_id]
+        assert alone.rank is None and alone.processes == 1
     finally:
         for proc in procs:
-            proc.kill()
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def test_with_no_run_the_machine_alone_is_sampled() -> None:

@@ -291,10 +291,10 @@ async def test_printed_metric_lines_become_points_when_the_project_asks(
 
 
 def test_printed_lines_are_parsed_only_in_their_exact_shape() -> None:
-    now = datetime.now(UTC)
+    now = datetime.now(UTC).isoformat()
     point = parse_printed("#val.loss -2 1e-3", now)
     assert point is not None
-    assert (point.name, point.step, point.value) == ("val.loss", -2, 0.001)
+    assert (point["name"], point["step"], point["value"]) == ("val.loss", -2, 0.001)
     for text in ["#loss", "#loss 1", "# loss 1 2", "#loss 1.5 2", "#loss 1 inf", "loss 1 2"]:
         assert parse_printed(text, now) is None, text
 

@@ -209,6 +209,59 @@ async def test_metric_batches_are_stored_once_with_last_min_max(
     assert raw.next_after_id == raw.raw[-1].id
 
 
+async def test_raw_points_page_through_batches_and_names_exactly_once(
+    make_logstream: MakeLogstream,
+) -> None:
+    ls = await make_logstream()
+    eid = uuid7()
+    # Batches with two metrics each, of different sizes: pages cut inside and across them.
+    for batch in range(5):
+        await ls.on_metrics(
+            MetricsReported(
+                experiment_id=eid,
+                agent_id="a",
+                points=[
+                    MetricPoint(
+                        name=name,
+                        value=batch * 100 + i,
+                        step=batch * 100 + i,
+                        ts=T0,
+                        cumulative=name == "time",
+                        metadata={"i": i} if name == "loss" and i == 1 else None,
+                    )
+                    for i in range(batch + 2)
+                    for name in ("loss", "time")
+                ],
+            )
+        )
+    every: list[tuple[str, float]] = []
+    ids: list[int] = []
+    after = 0
+    while True:
+        page = await ls.metrics(MetricsQuery(experiment_id=eid, points=0, limit=3, after_id=after))
+        assert page.raw is not None
+        every += [(p.name, p.value) for p in page.raw]
+        ids += [p.id for p in page.raw]
+        if page.next_after_id is None:
+            break
+        after = page.next_after_id
+    assert len(every) == len(set(every)) == 2 * sum(b + 2 for b in range(5))
+    assert ids == sorted(ids)
+    # Within a metric, points keep the order they came in.
+    for name in ("loss", "time"):
+        values = [v for n, v in every if n == name]
+        assert values == sorted(values)
+    whole = await ls.metrics(MetricsQuery(experiment_id=eid, points=0, limit=1000))
+    assert whole.raw is not None
+    assert all(p.cumulative for p in whole.raw if p.name == "time")
+    assert not any(p.cumulative for p in whole.raw if p.name == "loss")
+    assert [p.metadata for p in whole.raw if p.metadata] == [{"i": 1}] * 5
+    only_loss = await ls.metrics(
+        MetricsQuery(experiment_id=eid, points=0, limit=1000, names=["loss"])
+    )
+    assert only_loss.raw is not None and {p.name for p in only_loss.raw} == {"loss"}
+
+
 def test_lttb_keeps_the_ends_and_the_peaks() -> None:
     xs = [float(i) for i in range(10_000)]
     ys = [math.sin(i / 100) for i in range(10_000)]

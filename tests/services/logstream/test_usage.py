@@ -97,6 +97,7 @@ async def test_every_sample_of_an_experiment_in_order_and_a_redelivery_stored_on
         "ts": T0.isoformat(),
         "attempt": 1,
         "agent_id": "a1",
+        "rank": None,
         "cpu_percent": 50.0,
         "rss_mb": 100.0,
         "processes": 2,
@@ -125,6 +126,85 @@ async def test_downsampled_buckets_hold_the_mean_cpu_and_the_peak_memory(
     assert page.samples[-1]["ts"] == (T0 + timedelta(seconds=999)).isoformat()
     times = [s["ts"] for s in page.samples]
     assert times == sorted(times)
+
+
+def ranks_sampled(agent_id: str, second: int, eid: uuid.UUID, ranks: list[int]) -> UsageSampled:
+    """One batch from ``agent_id`` at ``T0 + second`` holding one sample per rank: rank r uses
+    100 * (r + 1) % CPU, holds 1000 * (r + 1) + second MB and runs r + 1 processes."""
+    batch = sampled(agent_id, second)
+    ts = batch.machine.ts
+    return batch.model_copy(
+        update={
+            "experiments": [
+                ExperimentUsage(
+                    experiment_id=eid,
+                    rank=r,
+                    ts=ts,
+                    cpu_percent=100.0 * (r + 1),
+                    rss_mb=1000.0 * (r + 1) + second,
+                    processes=r + 1,
+                )
+                for r in ranks
+            ]
+        }
+    )
+
+
+async def test_every_rank_of_a_multi_worker_experiment_is_a_series_of_its_own(
+    pool: asyncpg.Pool,
+) -> None:
+    # Ranks 0 and 1 on one agent, rank 2 on another: 3 samples a second for 100 seconds.
+    eid = uuid7()
+    for s in range(100):
+        await usage.store(pool, ranks_sampled("box-a", s, eid, [0, 1]))
+        await usage.store(pool, ranks_sampled("box-b", s, eid, [2]))
+
+    page = await usage.query(pool, usage.UsageQuery(experiment_id=eid, points=0))
+    assert page.total == 300 and len(page.samples) == 300
+    by_rank: dict[int, list[dict[str, Any]]] = {}
+    for sample in page.samples:
+        by_rank.setdefault(sample["rank"], []).append(sample)
+    assert sorted(by_rank) == [0, 1, 2]
+    for rank, samples in by_rank.items():
+        # None written over another: each rank has every second, with its own tree's numbers.
+        assert len(samples) == 100
+        assert {s["agent_id"] for s in samples} == {"box-b" if rank == 2 else "box-a"}
+        assert {(s["cpu_percent"], s["processes"]) for s in samples} == {
+            (100.0 * (rank + 1), rank + 1)
+        }
+        assert [s["rss_mb"] for s in samples] == [1000.0 * (rank + 1) + t for t in range(100)]
+    # At one time, the ranks together: the experiment's whole use.
+    at_7 = [s for s in page.samples if s["ts"] == (T0 + timedelta(seconds=7)).isoformat()]
+    assert sum(s["cpu_percent"] for s in at_7) == 600.0
+
+    # Downsampled, each bucket is one rank's: its mean CPU and its peak memory, never a mix
+    # of two ranks or two machines; 30 points in all, 10 per rank.
+    small = await usage.query(pool, usage.UsageQuery(experiment_id=eid, points=30))
+    assert small.downsampled and small.total == 300 and len(small.samples) == 30
+    for rank in (0, 1, 2):
+        buckets = [s for s in small.samples if s["rank"] == rank]
+        assert len(buckets) == 10
+        assert {s["agent_id"] for s in buckets} == {"box-b" if rank == 2 else "box-a"}
+        assert {s["cpu_percent"] for s in buckets} == {100.0 * (rank + 1)}
+        assert buckets[-1]["rss_mb"] == 1000.0 * (rank + 1) + 99
+    times = [s["ts"] for s in small.samples]
+    assert times == sorted(times)
+
+
+async def test_two_agents_running_one_single_process_experiment_are_not_mixed(
+    pool: asyncpg.Pool,
+) -> None:
+    # A retry on another agent, or any two agents sampling one experiment: two series.
+    eid = uuid7()
+    for s in range(50):
+        await usage.store(pool, sampled("first", s, {eid: 10.0}))
+        await usage.store(pool, sampled("second", s, {eid: 90.0}))
+    small = await usage.query(pool, usage.UsageQuery(experiment_id=eid, points=10))
+    assert small.downsampled and len(small.samples) == 10
+    assert {(s["agent_id"], s["rank"], s["cpu_percent"]) for s in small.samples} == {
+        ("first", None, 10.0),
+        ("second", None, 90.0),
+    }
 
 
 async def test_every_sample_comes_page_by_page_in_time_order(pool: asyncpg.Pool) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from faststream.nats import NatsBroker
@@ -98,8 +98,10 @@ def run_service(
     create_app: Callable[[Any], Any],
     migrate: Callable[[Any], Coroutine[Any, Any, list[str]]] | None = None,
     argv: list[str] | None = None,
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto",
 ) -> None:
-    """The body of ``python -m fleetlab_<service> [migrate]``."""
+    """The body of ``python -m fleetlab_<service> [migrate]``; ``loop`` is uvicorn's event
+    loop choice (``auto``: uvloop where installed)."""
     args = sys.argv[1:] if argv is None else argv
     configure_logging(service, settings.log_level, settings.log_json)
     configure_tracing(service, settings.telemetry)
@@ -120,6 +122,11 @@ def run_service(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # Longer than clients keep an idle connection (httpx: 5 s, uvicorn's own default):
+        # with equal times a client could send on a connection the server was closing that
+        # very moment, and its request failed with a dropped connection (seen under load).
+        timeout_keep_alive=75,
+        loop=loop,
         # The sans-I/O implementation: the default one imports a deprecated websockets module.
         ws="websockets-sansio",
     )

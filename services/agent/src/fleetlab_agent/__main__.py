@@ -17,7 +17,9 @@ def main() -> None:
             load_projects(settings.agent.projects)
         except ProjectsFileError as exc:
             sys.exit(f"fleetlab agent: {exc}")
-    run_service("agent", settings, create_app)
+    # The standard event loop: it starts a run's process with posix_spawn (about 0.6 ms), where
+    # uvloop forks the whole agent (7 to 13 ms, on the start path of every run).
+    run_service("agent", settings, create_app, loop="asyncio")
 
 
 if __name__ == "__main__":

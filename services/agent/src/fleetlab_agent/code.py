@@ -6,6 +6,8 @@ short-lived download URL — it holds no storage credential — downloads the ar
 content cache (``<agent home>/code-cache/<hex>.tar.gz``; a digest is fetched once per agent)
 and checks the download against the digest. It then unpacks it into the fresh working
 directory, beside ``inputs/`` and ``outputs/``, so ``python train.py`` finds ``train.py``.
+The cache shares the agent's size bound with the inputs' (see :mod:`fleetlab_agent.inputs`):
+a snapshot is pinned from its fetch to the end of its unpacking, and each use marks it used.
 
 The API checked the archive when it was uploaded; the agent checks it again as it unpacks
 (it trusts no file it did not make): only regular files and folders, no absolute path, no
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 import httpx
 from faststream.nats import NatsBroker
 
+from fleetlab_agent.inputs import CacheBound, ContentCache
 from fleetlab_common.events import Rpc
 from fleetlab_common.log import get_logger
 
@@ -167,20 +169,25 @@ def unpack(
     return written
 
 
-class CodeCache:
+class CodeCache(ContentCache):
     """Snapshots by digest, kept on the agent so each is downloaded once."""
 
-    def __init__(self, root: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
-        self.root = root
+    def __init__(
+        self, root: Path, max_bytes: int = MAX_ARCHIVE_BYTES, bound: CacheBound | None = None
+    ) -> None:
+        super().__init__(root, bound)
         self.max_bytes = max_bytes
-        self._locks: dict[str, asyncio.Lock] = {}
         self.downloads = 0
 
-    def path(self, digest: str) -> Path:
+    @staticmethod
+    def _hex(digest: str) -> str:
         match = _DIGEST.match(digest)
         if match is None:
             raise CodeError(f"code snapshot {digest!r}: not a sha256:<hex> digest")
-        return self.root / f"{match.group(1)}.tar.gz"
+        return match.group(1)
+
+    def path(self, digest: str) -> Path:
+        return self.root / f"{self._hex(digest)}.tar.gz"
 
     async def _url(self, broker: NatsBroker, digest: str) -> str:
         answer: object = None
@@ -203,54 +210,46 @@ class CodeCache:
         return url
 
     async def _download(self, http: httpx.AsyncClient, url: str, digest: str, target: Path) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        sha = hashlib.sha256()
-        size = 0
-        try:
-            async with http.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise CodeError(f"the download answered {response.status_code}")
-                with tmp.open("wb") as f:
-                    async for chunk in response.aiter_bytes(CHUNK):
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            raise CodeError(f"larger than the limit of {self.max_bytes} bytes")
-                        sha.update(chunk)
-                        f.write(chunk)
-        except httpx.HTTPError as exc:
-            tmp.unlink(missing_ok=True)
-            raise CodeError(f"the download failed: {exc or type(exc).__name__}") from None
-        except CodeError:
-            tmp.unlink(missing_ok=True)
-            raise
-        if f"sha256:{sha.hexdigest()}" != digest:
-            tmp.unlink(missing_ok=True)
-            raise CodeError(
-                f"the download does not match its digest (got sha256:{sha.hexdigest()})"
-            )
-        tmp.replace(target)
+        sha256 = await self.download(
+            http,
+            url,
+            target,
+            self.max_bytes,
+            CodeError,
+            answered="the download answered {status}",
+            failed="the download failed: {reason}",
+        )
+        if f"sha256:{sha256}" != digest:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(target)  # noqa: PTH107  (the async check flags Path.unlink here)
+            raise CodeError(f"the download does not match its digest (got sha256:{sha256})")
         self.downloads += 1
 
     async def fetch(self, broker: NatsBroker, http: httpx.AsyncClient, digest: str) -> Path:
         """The snapshot's archive in the cache, downloaded if the cache lacks it."""
         target = self.path(digest)
-        async with self._locks.setdefault(digest, asyncio.Lock()):
-            if not target.exists():
-                try:
-                    url = await self._url(broker, digest)
-                    await self._download(http, url, digest, target)
-                except CodeError as exc:
-                    raise CodeError(f"code snapshot {digest}: {exc}") from None
-                log.info("code.fetched", digest=digest, size=target.stat().st_size)
+        with self.pinned(self._hex(digest)) as lock:
+            async with lock:
+                fetched = not target.exists()
+                if fetched:
+                    try:
+                        url = await self._url(broker, digest)
+                        await self._download(http, url, digest, target)
+                    except CodeError as exc:
+                        raise CodeError(f"code snapshot {digest}: {exc}") from None
+                    log.info("code.fetched", digest=digest, size=target.stat().st_size)
+                self.used(target)
+                if fetched:
+                    self.downloaded()
         return target
 
     async def stage(
         self, broker: NatsBroker, http: httpx.AsyncClient, digest: str, workdir: Path
     ) -> list[str]:
         """Fetch (or reuse) the snapshot and unpack it into ``workdir``; the files written."""
-        archive = await self.fetch(broker, http, digest)
-        try:
-            return await asyncio.to_thread(unpack, archive, workdir)
-        except CodeError as exc:
-            raise CodeError(f"code snapshot {digest}: cannot unpack: {exc}") from None
+        with self.pinned(self._hex(digest)):  # until unpacked: no eviction under the reader
+            archive = await self.fetch(broker, http, digest)
+            try:
+                return await asyncio.to_thread(unpack, archive, workdir)
+            except CodeError as exc:
+                raise CodeError(f"code snapshot {digest}: cannot unpack: {exc}") from None

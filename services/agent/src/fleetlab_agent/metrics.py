@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -27,8 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fleetlab_agent.runner import METRICS_FILE, Run
-from fleetlab_common.events import Event, MetricPoint, MetricsReported, utcnow
+import orjson
+
+from fleetlab_agent.runner import METRICS_FILE, Run, wire_now
+from fleetlab_common.events import EncodedEvent, Event, MetricsReported
 from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
@@ -38,14 +39,19 @@ MAX_BATCH_POINTS = 4000
 # Bytes read from the file at a time.
 _READ_BYTES = 4 * 1024 * 1024
 
-PublishMetrics = Callable[[list[MetricPoint], dict[str, float], int], Awaitable[None]]
+# A point as it goes on the wire, the JSON object of ``MetricPoint``: {"name", "value",
+# "step", "ts"} (and "rank" for a worker of a multi-worker run). Plain dicts, not models: a
+# run can log a hundred thousand points a second, and a model per point was most of the
+# agent's time.
+WirePoint = dict[str, Any]
+PublishMetrics = Callable[[list[WirePoint], dict[str, float], int], Awaitable[None]]
 
 
 _PRINTED = re.compile(r"#(\S+)[ \t]+([+-]?\d+)[ \t]+(\S+)[ \t]*")
 
 
-def parse_printed(text: str, now: datetime) -> MetricPoint | None:
-    """``#loss 3 0.21`` -> loss = 0.21 at step 3; None for any other line."""
+def parse_printed(text: str, now: str) -> WirePoint | None:
+    """``#loss 3 0.21`` -> loss = 0.21 at step 3 (``now``: ISO 8601); None for any other line."""
     match = _PRINTED.fullmatch(text)
     if match is None:
         return None
@@ -55,43 +61,55 @@ def parse_printed(text: str, now: datetime) -> MetricPoint | None:
         return None
     if not math.isfinite(value):
         return None
-    return MetricPoint(name=match[1], value=value, step=int(match[2]), ts=now)
+    return {"name": match[1], "value": value, "step": int(match[2]), "ts": now}
 
 
 class MalformedLineError(ValueError):
     """A metrics line that is not a JSON object of numbers."""
 
 
-def _ts(raw: Any, now: datetime) -> datetime:
+def _ts(raw: Any, now: str) -> str:
+    """A line's ``ts`` as ISO 8601 text in UTC (``now`` when it has none)."""
     if raw is None:
         return now
     if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
-        return datetime.fromtimestamp(raw, UTC)
+        try:
+            return datetime.fromtimestamp(raw, UTC).isoformat()
+        except (OverflowError, OSError, ValueError):
+            raise MalformedLineError(f"bad ts {raw!r}") from None
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             raise MalformedLineError(f"bad ts {raw!r}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
     raise MalformedLineError(f"bad ts {raw!r}")
 
 
 def _finite(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise MalformedLineError(f"{key}={value!r} is not a finite number")
-    return float(value)
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return float(value)
+    elif kind is int:
+        return float(value)
+    raise MalformedLineError(f"{key}={value!r} is not a finite number")
 
 
-def parse_line(text: str, now: datetime) -> tuple[list[MetricPoint], dict[str, float]]:
-    """The points and scores of one line; :class:`MalformedLineError` when it has none."""
+_NOT_METRICS = frozenset(("step", "ts", "_scores"))
+
+
+def parse_line(text: bytes | str, now: str) -> tuple[list[WirePoint], dict[str, float]]:
+    """The points and scores of one line (``now``: ISO 8601, the time of a line without
+    ``ts``); :class:`MalformedLineError` when it has none."""
     try:
-        record = json.loads(text)
-    except ValueError:
+        record = orjson.loads(text)
+    except orjson.JSONDecodeError:
         raise MalformedLineError("not JSON") from None
     if not isinstance(record, dict):
         raise MalformedLineError("not a JSON object")
     step = record.get("step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+    if step is not None and type(step) is not int:
         raise MalformedLineError(f"step={step!r} is not an integer")
     ts = _ts(record.get("ts"), now)
     scores: dict[str, float] = {}
@@ -101,9 +119,9 @@ def parse_line(text: str, now: datetime) -> tuple[list[MetricPoint], dict[str, f
             raise MalformedLineError("_scores is not an object")
         scores = {str(k): _finite(k, v) for k, v in raw_scores.items()}
     points = [
-        MetricPoint(name=key, value=_finite(key, value), step=step, ts=ts)
+        {"name": key, "value": _finite(key, value), "step": step, "ts": ts}
         for key, value in record.items()
-        if key not in {"step", "ts", "_scores"}
+        if key not in _NOT_METRICS
     ]
     if not points and not scores:
         raise MalformedLineError("no metric in the line")
@@ -121,12 +139,12 @@ class MetricsTailer:
     skipped: int = 0
     _partial: bytes = b""
     # Points from printed lines (``printed_metrics``), sent with the file's next read.
-    _printed: list[MetricPoint] = field(default_factory=list)
+    _printed: list[WirePoint] = field(default_factory=list)
     _more: bool = False  # the last read stopped at _READ_BYTES: more is waiting
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def read_new(self, *, final: bool = False) -> tuple[list[MetricPoint], dict[str, float], int]:
+    def read_new(self, *, final: bool = False) -> tuple[list[WirePoint], dict[str, float], int]:
         """Points, scores and the count of malformed lines appended since the last read."""
         try:
             with self.path.open("rb") as f:
@@ -141,15 +159,15 @@ class MetricsTailer:
         if final and not self._more and self._partial:
             lines.append(self._partial)
             self._partial = b""
-        now = utcnow()
-        points: list[MetricPoint] = []
+        now = wire_now()
+        points: list[WirePoint] = []
         scores: dict[str, float] = {}
         bad = 0
         for raw in lines:
             if not raw.strip():
                 continue
             try:
-                got, got_scores = parse_line(raw.decode("utf-8", errors="replace"), now)
+                got, got_scores = parse_line(raw, now)
             except MalformedLineError:
                 bad += 1
                 continue
@@ -159,7 +177,7 @@ class MetricsTailer:
 
     def printed(self, text: str) -> None:
         """A stdout line of the run: kept as a point when it reads ``#<name> <step> <value>``."""
-        point = parse_printed(text, utcnow())
+        point = parse_printed(text, wire_now())
         if point is not None:
             self._printed.append(point)
 
@@ -201,22 +219,19 @@ class MetricsTailer:
         return self.skipped
 
 
-def tail_run(send: Callable[[Event], Awaitable[None]], agent_id: str, run: Run) -> MetricsTailer:
+def tail_run(
+    send: Callable[[Event | EncodedEvent], Awaitable[None]], agent_id: str, run: Run
+) -> MetricsTailer:
     """Start tailing ``run``'s metrics file; its points go to ``send`` (the agent's spool) as
     ``agent.metrics.reported`` events."""
 
-    async def publish(points: list[MetricPoint], scores: dict[str, float], skipped: int) -> None:
+    async def publish(points: list[WirePoint], scores: dict[str, float], skipped: int) -> None:
         if run.world_size > 1:  # a worker of a multi-worker experiment: its points keep its rank
-            points = [p.model_copy(update={"rank": run.rank}) for p in points]
+            points = [{**p, "rank": run.rank} for p in points]
         await send(
-            MetricsReported(
-                experiment_id=run.experiment_id,
-                agent_id=agent_id,
-                attempt=run.attempt,
-                points=points,
-                scores=scores,
-                skipped=skipped,
-            ),
+            MetricsReported.encode(
+                run.experiment_id, agent_id, run.attempt, points, scores, skipped
+            )
         )
 
     return MetricsTailer(run.workdir / METRICS_FILE, publish).start()

@@ -13,14 +13,14 @@ from faststream.nats import NatsBroker
 
 from fleetlab_agent.code import CodeCache, CodeError
 from fleetlab_agent.hardware import detect_hardware
-from fleetlab_agent.inputs import InputCache, InputError
+from fleetlab_agent.inputs import CacheBound, InputCache, InputError
 from fleetlab_agent.metrics import tail_run
 from fleetlab_agent.outputs import upload_outputs
 from fleetlab_agent.projects import load_projects
 from fleetlab_agent.reaper import Reaper
 from fleetlab_agent.rendezvous import free_port, reachable_address
 from fleetlab_agent.results import ResultsWatcher, results_folder, watch_results
-from fleetlab_agent.runner import LogBatcher, Run, RunResult
+from fleetlab_agent.runner import LogBatcher, Run, RunResult, WireLine
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_agent.spool import Spool
 from fleetlab_agent.usage import Tracked, UsageSampler, sample_forever
@@ -31,7 +31,6 @@ from fleetlab_common.events import (
     ExperimentFinished,
     ExperimentStarted,
     ExperimentStopOrdered,
-    LogLine,
     LogLinesAppended,
     Rpc,
     StagedInput,
@@ -64,12 +63,16 @@ class Agent:
         self._watchers: set[asyncio.Task[None]] = set()
         self._beat_now = asyncio.Event()
         self.reaper = Reaper()
+        # Inputs and code snapshots share one size bound (FLEETLAB_AGENT__CACHE_MAX_MB).
+        caches = CacheBound(settings.agent.cache_max_mb * 1024 * 1024)
         self.inputs = InputCache(
-            settings.work_root().parent / "cache", settings.agent.max_input_mb * 1024 * 1024
+            settings.work_root().parent / "cache",
+            settings.agent.max_input_mb * 1024 * 1024,
+            caches,
         )
         self.http = httpx.AsyncClient(timeout=settings.agent.input_timeout_s, follow_redirects=True)
         # Code snapshots by digest, each downloaded once (see fleetlab_agent.code).
-        self.code = CodeCache(settings.work_root().parent / "code-cache")
+        self.code = CodeCache(settings.work_root().parent / "code-cache", bound=caches)
         self.spool = Spool(settings.spool_dir(), broker, settings.agent.spool_max_mb * 1024 * 1024)
         path = settings.agent.projects
         self.local_projects = load_projects(path) if path else {}
@@ -77,9 +80,15 @@ class Agent:
         self.usage = UsageSampler(self.name, self._tracked)
 
     def _tracked(self) -> list[Tracked]:
-        """The running experiments, for the usage sampler."""
+        """The running experiments and ranks, for the usage sampler."""
         return [
-            Tracked(r.experiment_id, r.attempt, r.process.pid, tuple(r.gpus))
+            Tracked(
+                r.experiment_id,
+                r.attempt,
+                r.process.pid,
+                tuple(r.gpus),
+                r.rank if r.world_size > 1 else None,
+            )
             for r in [*self.runs.values(), *self.workers.values()]
             if r.process is not None
         ]
@@ -304,14 +313,9 @@ class Agent:
         task.add_done_callback(self._watchers.discard)
 
     async def _watch(self, run: Run) -> None:
-        async def publish_lines(lines: list[LogLine]) -> None:
+        async def publish_lines(lines: list[WireLine]) -> None:
             await self.spool.put(
-                LogLinesAppended(
-                    experiment_id=run.experiment_id,
-                    agent_id=self.name,
-                    attempt=run.attempt,
-                    lines=lines,
-                ),
+                LogLinesAppended.encode(run.experiment_id, self.name, run.attempt, lines)
             )
 
         batcher = LogBatcher(

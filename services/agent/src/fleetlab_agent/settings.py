@@ -33,14 +33,18 @@ class AgentOptions(BaseModel):
     projects: Path | None = None
     heartbeat_s: float = Field(default=2.0, gt=0)
     stop_grace_s: float = Field(default=10.0, ge=0)
-    # Output lines are sent in batches: at most this many, at most this late.
-    batch_lines: int = 500
+    # Output lines are sent in batches: at most this many, at most this late (and about
+    # 256 KiB, well under NATS's message limit). Larger batches cost every hop less per line.
+    batch_lines: int = Field(default=2000, ge=1)
     batch_delay_s: float = 0.05
     # What waits on disk for NATS at most; a full spool makes runs wait, never drops.
     spool_max_mb: int = Field(default=1024, ge=1)
     # The largest input one run may fetch (MachineLabs inputs).
     max_input_mb: int = Field(default=10240, ge=1)
     input_timeout_s: float = Field(default=300.0, gt=0)
+    # The content caches (inputs and code snapshots) together, in MB: after each download the
+    # least recently used entries go until they fit; what a run is being staged with stays.
+    cache_max_mb: int = Field(default=10240, ge=0)
     # An address of this machine the other agents can reach: MASTER_ADDR of multi-worker
     # experiments whose rank 0 runs here. Default: the local address of the route to NATS.
     address: str | None = None

@@ -10,6 +10,10 @@ on its next print, rather than anything being dropped.
 
 A record sent but not yet marked sent when the agent died is sent again on restart: JetStream
 drops it as a duplicate within its window, and every consumer is idempotent beyond it.
+
+A record is one line: its subject, stream and headers as a JSON object, a tab, then the
+event's JSON payload as it is published (JSON text holds no raw tab or newline). Records of
+an earlier agent, one JSON object with the payload as a string, are still read.
 """
 
 from __future__ import annotations
@@ -24,12 +28,23 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
-from fleetlab_common.events import Event
+from fleetlab_common.events import EncodedEvent, Event
 from fleetlab_common.log import get_logger
 
 log = get_logger(__name__)
 
 SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+def _parse_record(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """(meta, payload) of one record line (either form, see the module's docstring)."""
+    raw = raw.rstrip(b"\n")
+    head, tab, payload = raw.partition(b"\t")
+    if tab:
+        meta: dict[str, Any] = json.loads(head)
+        return meta, payload
+    record: dict[str, Any] = json.loads(raw)
+    return record, record.pop("payload").encode()
 
 
 class Spool:
@@ -50,9 +65,9 @@ class Spool:
         self._writer_segment = -1
         self.sent = 0
         # What is on disk and not yet sent, also held in memory (bounded by ``max_bytes``), so
-        # that sending never rereads the files: (segment, end offset, size, record).
+        # that sending never rereads the files: (segment, end offset, size, meta, payload).
         self._last: tuple[int, int] = self._cursor()
-        self._queue: deque[tuple[int, int, int, dict[str, Any]]] = deque()
+        self._queue: deque[tuple[int, int, int, dict[str, Any], bytes]] = deque()
         self._queued_bytes = 0
         self._load_unsent()
 
@@ -95,25 +110,26 @@ class Spool:
             position = start
             for raw in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
                 position += len(raw)
-                self._queue.append((s, position, len(raw), json.loads(raw)))
+                meta, payload = _parse_record(raw)
+                self._queue.append((s, position, len(raw), meta, payload))
                 self._queued_bytes += len(raw)
 
     # -- writing --------------------------------------------------------------------------
 
-    async def put(self, event: Event) -> None:
+    async def put(self, event: Event | EncodedEvent) -> None:
         """Append ``event``; it is on disk when this returns. Waits while the spool is full."""
         while self.size() >= self.max_bytes:
             self._room.clear()
             log.warning("agent.spool_full", bytes=self.max_bytes)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), 1.0)
-        record = {
-            "subject": event.subject(),
-            "stream": event.STREAM,
-            "headers": event.headers(),
-            "payload": event.model_dump_json(),
-        }
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        if isinstance(event, EncodedEvent):
+            meta = {"subject": event.subject, "stream": event.stream, "headers": event.headers}
+            payload = event.payload
+        else:
+            meta = {"subject": event.subject(), "stream": event.STREAM, "headers": event.headers()}
+            payload = event.model_dump_json().encode()
+        line = json.dumps(meta, separators=(",", ":")).encode() + b"\t" + payload + b"\n"
         if self._writer is None:
             segments = self._segments()
             self._open_writer(segments[-1] if segments else 0)
@@ -121,7 +137,7 @@ class Spool:
             self._open_writer(self._writer_segment + 1)
         self._writer.write(line)
         self._writer.flush()
-        self._queue.append((self._writer_segment, self._writer.tell(), len(line), record))
+        self._queue.append((self._writer_segment, self._writer.tell(), len(line), meta, payload))
         self._queued_bytes += len(line)
         self._idle.clear()
         self._wake.set()
@@ -134,12 +150,12 @@ class Spool:
 
     # -- sending --------------------------------------------------------------------------
 
-    async def _publish(self, record: dict[str, Any]) -> None:
+    async def _publish(self, meta: dict[str, Any], payload: bytes) -> None:
         await self.broker.publish(
-            record["payload"].encode(),
-            record["subject"],
-            headers=record["headers"],
-            stream=record["stream"],
+            payload,
+            meta["subject"],
+            headers=meta["headers"],
+            stream=meta["stream"],
             timeout=5.0,
         )
 
@@ -147,9 +163,9 @@ class Spool:
         backoff = 0.05
         last_saved = time.monotonic()
         while self._queue:
-            segment, end, size, record = self._queue[0]
+            segment, end, size, meta, payload = self._queue[0]
             try:
-                await self._publish(record)
+                await self._publish(meta, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS away: keep it, try again
@@ -174,7 +190,7 @@ class Spool:
 
     def _sent_up_to(self) -> tuple[int, int]:
         if self._queue:
-            segment, end, size, _ = self._queue[0]
+            segment, end, size, _, _ = self._queue[0]
             return segment, end - size
         return self._last
 

@@ -9,6 +9,9 @@ since the previous sample (a process seen for the first time counts its whole li
 is summed too (shared pages count once per process). GPU memory is what NVML says the tree's
 processes hold; GPU % the mean utilisation of the GPUs given to the run.
 
+Each rank of a multi-worker experiment is a tree of its own and makes a sample of its own,
+with its ``rank`` (None for a single process), also when several ranks run on one agent.
+
 One ``agent.usage.sampled`` event per interval carries the machine sample and every
 experiment's, written to the agent's spool like metrics: nothing is lost while NATS is away.
 """
@@ -43,12 +46,14 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Tracked:
-    """A running experiment as the sampler sees it: its group leader and its GPUs."""
+    """A running experiment (or one rank of it) as the sampler sees it: its group leader, its
+    GPUs and its rank (None for a single process)."""
 
     experiment_id: uuid.UUID
     attempt: int
     pid: int
     gpus: tuple[int, ...] = ()
+    rank: int | None = None
 
 
 class _Nvml:
@@ -188,11 +193,12 @@ class UsageSampler:
         seen: set[int] = set()
         experiments: list[ExperimentUsage] = []
         util = {g.index: g.utilization for g in gpus}
-        # Ranks of one multi-worker experiment running here make one sample together.
-        groups: dict[tuple[uuid.UUID, int], list[Tracked]] = {}
+        # One sample per experiment, or per rank of a multi-worker one (ranks on one agent are
+        # told apart too). The same run tracked twice is one.
+        groups: dict[tuple[uuid.UUID, int, int | None], list[Tracked]] = {}
         for run in runs:
-            groups.setdefault((run.experiment_id, run.attempt), []).append(run)
-        for (experiment_id, attempt), members in groups.items():
+            groups.setdefault((run.experiment_id, run.attempt, run.rank), []).append(run)
+        for (experiment_id, attempt, rank), members in groups.items():
             cpu = rss = 0.0
             count = 0
             gpu_memory = 0.0
@@ -210,6 +216,7 @@ class UsageSampler:
                 ExperimentUsage(
                     experiment_id=experiment_id,
                     attempt=attempt,
+                    rank=rank,
                     ts=ts,
                     cpu_percent=round(cpu, 1),
                     rss_mb=round(rss / MB, 1),

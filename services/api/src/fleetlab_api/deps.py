@@ -1,4 +1,5 @@
-"""FastAPI dependency aliases."""
+"""FastAPI dependency aliases. Every dependency is ``async def``: a plain ``def`` one runs in
+the thread pool, a hop between threads on every request."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fleetlab_api.state import State
 from fleetlab_common.db import Conn
 
 
-def get_state(request: Request) -> State:
+async def get_state(request: Request) -> State:
     state: State = request.app.state.fleetlab
     return state
 

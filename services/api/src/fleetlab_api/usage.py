@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from faststream.nats import NatsBroker
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fleetlab_api.agents.endpoints import get_agent
 from fleetlab_api.deps import ConnDep, StateDep
@@ -36,7 +36,8 @@ Points = Annotated[
         ge=0,
         le=2000,
         description="At most this many samples: the range cut into equal buckets, each the "
-        "mean CPU/GPU % and the peak memory of its samples; 0 for every sample.",
+        "mean CPU/GPU % and the peak memory of its samples (of an experiment, per agent and "
+        "rank); 0 for every sample.",
     ),
 ]
 
@@ -49,11 +50,16 @@ class GpuSample(BaseModel):
 
 
 class ExperimentUsageSample(BaseModel):
-    """The experiment's whole process tree at one time (100 % CPU = one core busy)."""
+    """The experiment's whole process tree at one time (100 % CPU = one core busy); of a
+    multi-worker experiment, one rank's tree (its samples are one series per rank: add the
+    ranks up for the experiment's whole use)."""
 
     ts: datetime
     attempt: int
-    agent_id: str
+    agent_id: str = Field(description="The agent the tree ran on.")
+    rank: int | None = Field(
+        default=None, description="The worker's rank in a multi-worker experiment, else null."
+    )
     cpu_percent: float
     rss_mb: float
     processes: int

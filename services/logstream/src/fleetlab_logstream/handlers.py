@@ -64,8 +64,7 @@ def register(broker: NatsBroker, state: State) -> None:
         Rpc.LOG_LINES, queue=CONSUMER, max_workers=RPC_WORKERS, title=f"{Rpc.LOG_LINES}:reply"
     )
     async def handle_lines_query(query: LinesQuery) -> dict[str, Any]:
-        page = await state.get().query(query)
-        return page.model_dump(mode="json")
+        return await state.get().query_json(query)
 
     @broker.subscriber(
         Rpc.AGENT_LOG, queue=CONSUMER, max_workers=RPC_WORKERS, title=f"{Rpc.AGENT_LOG}:reply"

@@ -2,72 +2,103 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from fleetlab_common.db import Conn
-from fleetlab_common.events import AgentLogLine, LogLinesAppended, MetricPoint
+from fleetlab_common.events import AgentLogLine, MetricPoint
 
 # -- output lines --------------------------------------------------------------------------
 
-
-async def insert_lines(conn: Conn, batch: LogLinesAppended) -> int:
-    """Store a batch (one statement, arrays in); lines already stored (a redelivered batch)
-    are skipped. The run's counters move by what was new. Returns how many lines were new."""
-    lines = batch.lines
-    return await insert_line_arrays(
-        conn,
-        batch.experiment_id,
-        batch.attempt,
-        [ln.seq for ln in lines],
-        [ln.stream for ln in lines],
-        [ln.ts.isoformat() for ln in lines],
-        [ln.line for ln in lines],
-    )
+_LINES_JSON = orjson.dumps
+# Stored by the batch (a chunk, see migration 0005): one row per batch, its lines as JSON.
 
 
-async def insert_line_arrays(
+async def insert_chunk(
     conn: Conn,
     experiment_id: uuid.UUID,
     attempt: int,
-    seqs: list[int],
-    streams: list[str],
-    timestamps: list[str],
-    texts: list[str],
+    lines: list[dict[str, Any]],
+    size: int,
 ) -> int:
-    """:func:`insert_lines` from the batch's columns, times as ISO 8601 text (PostgreSQL
-    parses them faster than Python makes datetimes of them)."""
-    inserted = await conn.fetchval(
+    """Store one batch of lines (``size`` bytes of text) as a chunk. Lines already stored are
+    skipped: a batch delivered again, or lines sent again in another batch. The run's counters
+    move by what was new. Returns how many lines were new."""
+    seqs = [ln["seq"] for ln in lines]
+    first, last = min(seqs), max(seqs)
+    # The common case in one statement: no stored chunk overlaps the batch's range.
+    inserted = await _insert_chunk(conn, experiment_id, attempt, lines, first, last, size, True)
+    if inserted is not None:
+        return inserted
+    # Overlapping chunks: another rank's (their numbers interleave) or the same lines again.
+    stored: set[int] = set()
+    for row in await conn.fetch(
+        """SELECT lines FROM chunks WHERE experiment_id = $1 AND attempt = $2
+             AND first_seq <= $4 AND last_seq >= $3""",
+        experiment_id,
+        attempt,
+        first,
+        last,
+    ):
+        stored.update(ln["seq"] for ln in orjson.loads(row["lines"]))
+    new = [ln for ln in lines if ln["seq"] not in stored]
+    if not new:
+        return 0
+    seqs = [ln["seq"] for ln in new]
+    size = sum(len(ln["line"].encode()) for ln in new) if len(new) < len(lines) else size
+    inserted = await _insert_chunk(
+        conn, experiment_id, attempt, new, min(seqs), max(seqs), size, False
+    )
+    return inserted or 0
+
+
+async def _insert_chunk(
+    conn: Conn,
+    experiment_id: uuid.UUID,
+    attempt: int,
+    lines: list[dict[str, Any]],
+    first: int,
+    last: int,
+    size: int,
+    unless_overlapping: bool,
+) -> int | None:
+    """Insert the chunk; None when it was not (it overlaps a stored one, if so asked)."""
+    inserted: int | None = await conn.fetchval(
         """WITH ins AS (
-               INSERT INTO lines (experiment_id, attempt, seq, stream, ts, line)
-               SELECT $1, $2, u.seq, u.stream, u.ts::timestamptz, u.line
-               FROM unnest($3::integer[], $4::text[], $5::text[], $6::text[])
-                    AS u(seq, stream, ts, line)
+               INSERT INTO chunks (experiment_id, attempt, first_seq, last_seq, count, lines)
+               SELECT $1, $2, $3, $4, $5, $7
+               WHERE NOT ($8 AND EXISTS (
+                   SELECT 1 FROM chunks WHERE experiment_id = $1 AND attempt = $2
+                     AND first_seq <= $4 AND last_seq >= $3))
                ON CONFLICT DO NOTHING
-               RETURNING seq, octet_length(line) AS size
+               RETURNING count, last_seq
            ), up AS (
                INSERT INTO runs AS r (experiment_id, attempt, stored, last_seq, bytes)
-               SELECT $1, $2, count(*), coalesce(max(seq), 0), coalesce(sum(size), 0) FROM ins
+               SELECT $1, $2, count, last_seq, $6 FROM ins
                ON CONFLICT (experiment_id, attempt) DO UPDATE
                SET stored = r.stored + EXCLUDED.stored,
                    last_seq = greatest(r.last_seq, EXCLUDED.last_seq),
                    bytes = r.bytes + EXCLUDED.bytes
            )
-           SELECT count(*) FROM ins""",
+           SELECT count FROM ins""",
         experiment_id,
         attempt,
-        seqs,
-        streams,
-        timestamps,
-        # PostgreSQL text cannot hold NUL (an older agent may send one): replaced, not fatal.
-        [t.replace("\x00", "\ufffd") if "\x00" in t else t for t in texts],
+        first,
+        last,
+        len(lines),
+        size,
+        _LINES_JSON(lines).decode(),
+        unless_overlapping,
     )
-    return int(inserted or 0)
+    return inserted
 
 
 async def latest_attempt(conn: Conn, experiment_id: uuid.UUID) -> int | None:
@@ -104,21 +135,62 @@ async def fetch_lines(
     to_seq: int | None,
     stream: str | None,
     limit: int,
-) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """SELECT seq, stream, ts, line FROM lines
-           WHERE experiment_id = $1 AND attempt = $2 AND seq >= $3
-             AND ($4::integer IS NULL OR seq <= $4)
-             AND ($5::text IS NULL OR stream = $5)
-           ORDER BY seq LIMIT $6""",
-        experiment_id,
-        attempt,
-        from_seq,
-        to_seq,
-        stream,
-        limit,
-    )
-    return rows
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` lines from ``from_seq`` (to ``to_seq``, of ``stream``), in seq order,
+    as the agent sent them. Chunks are read in order of their first line, a few at a time;
+    the ranks of a multi-worker run interleave their numbers, so their chunks overlap, and
+    reading stops only once no later chunk can hold a line before the last one kept."""
+    lines: list[dict[str, Any]] = []
+    after: int | None = None
+    page = 4
+    loads = orjson.loads
+    while True:
+        rows = await conn.fetch(
+            """SELECT first_seq, lines FROM chunks
+               WHERE experiment_id = $1 AND attempt = $2 AND last_seq >= $3
+                 AND ($4::integer IS NULL OR first_seq <= $4)
+                 AND ($5::integer IS NULL OR first_seq > $5)
+               ORDER BY first_seq LIMIT $6""",
+            experiment_id,
+            attempt,
+            from_seq,
+            to_seq,
+            after,
+            page,
+        )
+        for row in rows:
+            if len(lines) >= limit:
+                lines.sort(key=_seq)
+                if row["first_seq"] > lines[limit - 1]["seq"]:
+                    return _unique(lines)[:limit]
+            lines += [
+                ln
+                for ln in loads(row["lines"])
+                if ln["seq"] >= from_seq
+                and (to_seq is None or ln["seq"] <= to_seq)
+                and (stream is None or ln["stream"] == stream)
+            ]
+        if len(rows) < page:
+            lines.sort(key=_seq)
+            return _unique(lines)[:limit]
+        after = rows[-1]["first_seq"]
+        page = min(page * 2, 256)
+
+
+def _seq(line: dict[str, Any]) -> int:
+    seq: int = line["seq"]
+    return seq
+
+
+def _unique(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sorted lines without a repeated seq (a batch stored twice under other bounds)."""
+    if all(a["seq"] != b["seq"] for a, b in itertools.pairwise(lines)):
+        return lines
+    out = lines[:1]
+    for ln in lines[1:]:
+        if ln["seq"] != out[-1]["seq"]:
+            out.append(ln)
+    return out
 
 
 # -- how runs end, archives, retention ---------------------------------------------------------
@@ -197,7 +269,7 @@ async def finished_runs_by_age(conn: Conn) -> list[asyncpg.Record]:
 
 async def expire_run(conn: Conn, experiment_id: uuid.UUID, attempt: int) -> None:
     await conn.execute(
-        "DELETE FROM lines WHERE experiment_id = $1 AND attempt = $2", experiment_id, attempt
+        "DELETE FROM chunks WHERE experiment_id = $1 AND attempt = $2", experiment_id, attempt
     )
     await conn.execute(
         """UPDATE runs SET expired_at = now(), stored = 0, bytes = 0
@@ -257,16 +329,34 @@ async def prune_agent_lines(conn: Conn, keep: int) -> int:
 
 # -- metrics -----------------------------------------------------------------------------------
 
-_POINT_COLUMNS = (
-    "experiment_id",
-    "attempt",
-    "name",
-    "step",
-    "value",
-    "ts",
-    "cumulative",
-    "metadata",
-)
+
+@dataclass(slots=True)
+class Series:
+    """One metric's points of one batch, as columns in the order they came."""
+
+    steps: list[int | None] = field(default_factory=list)
+    vals: list[float] = field(default_factory=list)
+    ts: list[datetime] = field(default_factory=list)
+    cumulative: list[bool] = field(default_factory=list)
+    metadata: list[str | None] = field(default_factory=list)  # JSON text
+
+    def add(
+        self,
+        step: int | None,
+        value: float,
+        ts: datetime,
+        cumulative: bool,
+        metadata: str | None,
+    ) -> None:
+        self.steps.append(step)
+        self.vals.append(value)
+        self.ts.append(ts)
+        self.cumulative.append(cumulative)
+        self.metadata.append(metadata)
+
+
+# A batch of points: each metric's points by its name.
+PointBatch = dict[str, Series]
 
 
 def _metadata(p: MetricPoint) -> str | None:
@@ -276,26 +366,59 @@ def _metadata(p: MetricPoint) -> str | None:
     return None if p.metadata is None else json.dumps(p.metadata)
 
 
-async def copy_points(
-    conn: Conn, experiment_id: uuid.UUID, attempt: int, points: Sequence[MetricPoint]
-) -> None:
-    """Append points with COPY (one round trip for the whole batch)."""
-    await copy_point_records(conn, point_records(experiment_id, attempt, points))
+def batch_of_points(points: Sequence[MetricPoint]) -> PointBatch:
+    """Points (models) as columns per metric."""
+    batch: PointBatch = {}
+    for p in points:
+        series = batch.get(p.name)
+        if series is None:
+            series = batch[p.name] = Series()
+        series.add(p.step, p.value, p.ts, p.cumulative, _metadata(p))
+    return batch
 
 
-def point_records(
-    experiment_id: uuid.UUID, attempt: int, points: Sequence[MetricPoint]
-) -> list[tuple[Any, ...]]:
-    """Points as rows of ``metric_points`` (in ``_POINT_COLUMNS`` order)."""
+def summarise(batch: PointBatch) -> list[tuple[Any, ...]]:
+    """Per metric of a batch: (name, last, last_step, last_ts, min, max, count)."""
     return [
-        (experiment_id, attempt, p.name, p.step, p.value, p.ts, p.cumulative, _metadata(p))
-        for p in points
+        (name, s.vals[-1], s.steps[-1], s.ts[-1], min(s.vals), max(s.vals), len(s.vals))
+        for name, s in batch.items()
+        if s.vals
     ]
 
 
-async def copy_point_records(conn: Conn, records: Sequence[tuple[Any, ...]]) -> None:
-    """Append rows (see :func:`point_records`) with COPY."""
-    await conn.copy_records_to_table("metric_points", records=records, columns=_POINT_COLUMNS)
+# A point's id: its chunk's id * _IDS_PER_CHUNK + its place in the chunk (migration 0006).
+_IDS_PER_CHUNK = 1_000_000
+_CHUNK_COLUMNS = (
+    "experiment_id",
+    "attempt",
+    "name",
+    "steps",
+    "vals",
+    "ts",
+    "cumulative",
+    "metadata",
+)
+
+
+async def copy_points(
+    conn: Conn, experiment_id: uuid.UUID, attempt: int, batch: PointBatch
+) -> None:
+    """Append a batch with COPY: one chunk row per metric, its points as arrays."""
+    rows = [
+        (
+            experiment_id,
+            attempt,
+            name,
+            s.steps,
+            s.vals,
+            s.ts,
+            s.cumulative if any(s.cumulative) else None,
+            s.metadata if any(m is not None for m in s.metadata) else None,
+        )
+        for name, s in batch.items()
+        if s.vals
+    ]
+    await conn.copy_records_to_table("metric_chunks", records=rows, columns=_CHUNK_COLUMNS)
 
 
 async def upsert_summary(
@@ -340,28 +463,63 @@ async def fetch_points(
     names: list[str] | None,
     after_id: int,
     limit: int,
-) -> list[asyncpg.Record]:
-    """Points in (name, ingest) order, from after ``after_id`` (a page's cursor)."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """SELECT id, name, step, value, ts, cumulative, metadata, attempt FROM metric_points
-           WHERE experiment_id = $1 AND ($2::text[] IS NULL OR name = ANY($2)) AND id > $3
-           ORDER BY id LIMIT $4""",
-        experiment_id,
-        names,
-        after_id,
-        limit,
-    )
-    return rows
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` points in ingest order (a batch's points by name), from after
+    ``after_id`` (a page's cursor): ``id``, ``name``, ``step``, ``value``, ``ts``,
+    ``cumulative``, ``metadata`` (JSON text), ``attempt``."""
+    points: list[dict[str, Any]] = []
+    chunk_from, skip = divmod(max(after_id + 1, 0), _IDS_PER_CHUNK)
+    while len(points) < limit:
+        rows = await conn.fetch(
+            """SELECT id, name, attempt, steps, vals, ts, cumulative, metadata
+               FROM metric_chunks
+               WHERE experiment_id = $1 AND ($2::text[] IS NULL OR name = ANY($2)) AND id >= $3
+               ORDER BY id LIMIT 16""",
+            experiment_id,
+            names,
+            chunk_from,
+        )
+        for row in rows:
+            first = skip if row["id"] == chunk_from else 0
+            base = row["id"] * _IDS_PER_CHUNK
+            cumulative, metadata = row["cumulative"], row["metadata"]
+            steps, vals, ts = row["steps"], row["vals"], row["ts"]
+            for i in range(first, min(len(vals), first + limit - len(points))):
+                points.append(
+                    {
+                        "id": base + i,
+                        "name": row["name"],
+                        "step": steps[i],
+                        "value": vals[i],
+                        "ts": ts[i],
+                        "cumulative": bool(cumulative[i]) if cumulative else False,
+                        "metadata": metadata[i] if metadata else None,
+                        "attempt": row["attempt"],
+                    }
+                )
+        if len(rows) < 16:
+            break
+        chunk_from, skip = rows[-1]["id"] + 1, 0
+    return points
 
 
-async def fetch_series(conn: Conn, experiment_id: uuid.UUID, name: str) -> list[asyncpg.Record]:
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """SELECT step, value, ts FROM metric_points
+async def fetch_series(
+    conn: Conn, experiment_id: uuid.UUID, name: str
+) -> tuple[list[int | None], list[float], list[datetime]]:
+    """Every point of one metric in ingest order: (steps, values, times)."""
+    steps: list[int | None] = []
+    vals: list[float] = []
+    ts: list[datetime] = []
+    for row in await conn.fetch(
+        """SELECT steps, vals, ts FROM metric_chunks
            WHERE experiment_id = $1 AND name = $2 ORDER BY id""",
         experiment_id,
         name,
-    )
-    return rows
+    ):
+        steps += row["steps"]
+        vals += row["vals"]
+        ts += row["ts"]
+    return steps, vals, ts
 
 
 async def fetch_summary(conn: Conn, experiment_id: uuid.UUID) -> list[asyncpg.Record]:

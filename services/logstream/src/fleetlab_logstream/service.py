@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db import Conn
@@ -27,9 +28,7 @@ from fleetlab_common.events import (
     ExperimentAssigned,
     ExperimentDeleted,
     ExperimentFinished,
-    LogLine,
     LogLinesAppended,
-    MetricPoint,
     MetricsReported,
     MetricsSummarized,
     MetricSummaryEntry,
@@ -61,8 +60,6 @@ CONSUMER = "logstream"
 _PAGE_OVERHEAD = 160
 # Lines read from the database at a time when writing a run's archive.
 _ARCHIVE_PAGE = 10_000
-# One encoder for every archived line (json.dumps with an option builds one per call).
-_ARCHIVE_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 def archive_key(experiment_id: uuid.UUID, attempt: int) -> str:
@@ -70,35 +67,16 @@ def archive_key(experiment_id: uuid.UUID, attempt: int) -> str:
     return f"logs/{experiment_id}/{attempt}.jsonl"
 
 
-def summarise(points: list[MetricPoint]) -> list[tuple[Any, ...]]:
-    """Per metric name in a batch: (name, last, last_step, last_ts, min, max, count)."""
-    return summarise_records(repo.point_records(uuid.UUID(int=0), 0, points))
-
-
-def summarise_records(records: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """:func:`summarise` over ``metric_points`` rows (name, step, value, ts at 2, 3, 4, 5)."""
-    acc: dict[str, list[Any]] = {}
-    for r in records:
-        name, step, value, ts = r[2], r[3], r[4], r[5]
-        row = acc.get(name)
-        if row is None:
-            acc[name] = [name, value, step, ts, value, value, 1]
-            continue
-        row[1], row[2], row[3] = value, step, ts
-        row[4] = min(row[4], value)
-        row[5] = max(row[5], value)
-        row[6] += 1
-    return [tuple(r) for r in acc.values()]
-
-
-def _records_of_json(
-    experiment_id: uuid.UUID, attempt: int, points: list[Any]
-) -> list[tuple[Any, ...]] | None:
-    """``metric_points`` rows straight from decoded JSON points, or None when a point is not
-    plainly well formed (then the model reads the batch, and its error says what is wrong).
-    The hot path of ingestion: a model per point cost logstream most of its time."""
+def _batch_of_json(points: list[Any]) -> repo.PointBatch | None:
+    """A batch straight from decoded JSON points, or None when a point is not plainly well
+    formed (then the model reads the batch, and its error says what is wrong). The hot path
+    of ingestion: a model per point cost logstream most of its time."""
     fromiso = datetime.fromisoformat
-    records: list[tuple[Any, ...]] = []
+    batch: repo.PointBatch = {}
+    # The points of one line of a metrics file (or of one REST batch) share their time: the
+    # text is read once.
+    last_text: str | None = None
+    last_ts = datetime.min
     for p in points:
         name, value, step = p["name"], p["value"], p.get("step")
         metadata, rank, cumulative = p.get("metadata"), p.get("rank"), p.get("cumulative", False)
@@ -113,14 +91,47 @@ def _records_of_json(
             or type(p["ts"]) is not str
         ):
             return None
-        ts = fromiso(p["ts"])
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=UTC)
+        if p["ts"] != last_text:
+            last_text = p["ts"]
+            last_ts = fromiso(p["ts"])
+            if last_ts.tzinfo is None:
+                last_ts = last_ts.replace(tzinfo=UTC)
         if rank is not None:  # as repository._metadata keeps it
             metadata = {**(metadata or {}), "rank": rank}
-        meta = None if metadata is None else json.dumps(metadata)
-        records.append((experiment_id, attempt, name, step, float(value), ts, cumulative, meta))
-    return records
+        meta = None if metadata is None else orjson.dumps(metadata).decode()
+        series = batch.get(name)
+        if series is None:
+            series = batch[name] = repo.Series()
+        series.add(step, float(value), last_ts, cumulative, meta)
+    return batch
+
+
+_STREAMS = frozenset(("stdout", "stderr"))
+_LINES_JSON = orjson.dumps
+
+
+def _line_batch(body: dict[str, Any]) -> tuple[uuid.UUID, int, list[dict[str, Any]], int]:
+    """(experiment, attempt, lines, bytes of text) of a decoded batch, each line checked to
+    be plainly a ``LogLine`` (TypeError when one is not). PostgreSQL text cannot hold NUL (an
+    older agent may send one): it is replaced, not fatal."""
+    experiment_id = uuid.UUID(body["experiment_id"])
+    attempt = int(body.get("attempt", 1))
+    lines: list[dict[str, Any]] = body["lines"]
+    size = 0
+    for ln in lines:
+        text, rank = ln["line"], ln.get("rank")
+        if (
+            type(ln["seq"]) is not int
+            or ln["stream"] not in _STREAMS
+            or type(ln["ts"]) is not str
+            or type(text) is not str
+            or (rank is not None and type(rank) is not int)
+        ):
+            raise TypeError("not a batch of lines")
+        if "\x00" in text:
+            ln["line"] = text = text.replace("\x00", "\ufffd")
+        size += len(text.encode())
+    return experiment_id, attempt, lines, size
 
 
 def _scores_of_json(scores: Any) -> dict[str, float] | None:
@@ -144,31 +155,23 @@ class Logstream:
     # -- output lines ----------------------------------------------------------------------
 
     async def on_lines(self, batch: LogLinesAppended) -> None:
-        async with self.pool.acquire() as conn:
-            await repo.insert_lines(conn, batch)
-        await self._lines_stored()
+        await self.on_lines_json(batch.model_dump(mode="json"))
 
     async def on_lines_json(self, body: dict[str, Any]) -> None:
         """A batch as decoded JSON: the hot path, without a model per line (validating half
-        a million line objects a second was logstream's largest cost). A body not of the
-        expected shape goes through the model, whose error names what is wrong."""
+        a million line objects a second was logstream's largest cost). The lines are checked
+        and stored as one chunk, as the agent sent them. A body not plainly of the expected
+        shape goes through the model: its error names what is wrong, or it is stored as the
+        model reads it."""
         try:
-            experiment_id = uuid.UUID(body["experiment_id"])
-            attempt = int(body.get("attempt", 1))
-            lines: list[dict[str, Any]] = body["lines"]
-            seqs = [int(ln["seq"]) for ln in lines]
-            streams = [ln["stream"] for ln in lines]
-            times = [ln["ts"] for ln in lines]
-            texts = [ln["line"] for ln in lines]
-            if not all(type(t) is str for t in (*streams, *times, *texts)) or not all(
-                s in ("stdout", "stderr") for s in streams
-            ):
-                raise TypeError("not a batch of lines")
+            experiment_id, attempt, lines, size = _line_batch(body)
         except (KeyError, TypeError, ValueError, AttributeError):
-            await self.on_lines(LogLinesAppended.model_validate(body))
+            batch = LogLinesAppended.model_validate(body)
+            experiment_id, attempt, lines, size = _line_batch(batch.model_dump(mode="json"))
+        if not lines:
             return
         async with self.pool.acquire() as conn:
-            await repo.insert_line_arrays(conn, experiment_id, attempt, seqs, streams, times, texts)
+            await repo.insert_chunk(conn, experiment_id, attempt, lines, size)
         await self._lines_stored()
 
     async def _lines_stored(self) -> None:
@@ -201,9 +204,13 @@ class Logstream:
                     await asyncio.wait_for(self._stored.wait(), min(remaining, 0.25))
 
     async def query(self, query: LinesQuery) -> LinesPage:
+        return LinesPage.model_validate(await self.query_json(query))
+
+    async def query_json(self, query: LinesQuery) -> dict[str, Any]:
+        """A ``LinesPage`` as JSON-ready data, the lines as stored (no model per line)."""
         attempt = await self._wait_for(query, query.attempt)
         if attempt is None:
-            return LinesPage(attempt=None, lines=[], stored=0)
+            return {"attempt": None, "lines": [], "stored": 0, "next_seq": None, "last_seq": 0}
         async with self.pool.acquire() as conn:
             run = await repo.get_run(conn, query.experiment_id, attempt)
             stored = int(run["stored"]) if run else 0
@@ -217,25 +224,25 @@ class Logstream:
                 query.stream,
                 query.limit + 1,
             )
-        lines: list[LogLine] = []
-        size = _PAGE_OVERHEAD
-        for row in rows[: query.limit]:
-            line = LogLine(seq=row["seq"], stream=row["stream"], ts=row["ts"], line=row["line"])
-            # Measured as it is sent (JSON in UTF-8), not in characters: a progress bar's "█"
-            # takes three bytes and a terminal escape six ("\u001b"), so a page counted in
-            # characters outgrew the NATS payload limit and the viewer's request timed out.
-            size += len(line.model_dump_json().encode()) + 1
-            if lines and size > self.settings.max_reply_bytes:
-                break
-            lines.append(line)
+        lines = rows[: query.limit]
+        # Measured as it is sent (JSON in UTF-8), not in characters: a progress bar's "█"
+        # takes three bytes and a terminal escape six ("\u001b"), so a page counted in
+        # characters outgrew the NATS payload limit and the viewer's request timed out.
+        if _PAGE_OVERHEAD + len(_LINES_JSON(lines)) > self.settings.max_reply_bytes:
+            size = _PAGE_OVERHEAD
+            for i, line in enumerate(lines):
+                size += len(_LINES_JSON(line)) + 1
+                if i and size > self.settings.max_reply_bytes:
+                    lines = lines[:i]
+                    break
         more = len(lines) < len(rows)
-        return LinesPage(
-            attempt=attempt,
-            lines=lines,
-            stored=stored,
-            next_seq=lines[-1].seq + 1 if more and lines else None,
-            last_seq=last_seq,
-        )
+        return {
+            "attempt": attempt,
+            "lines": lines,
+            "stored": stored,
+            "next_seq": lines[-1]["seq"] + 1 if more and lines else None,
+            "last_seq": last_seq,
+        }
 
     # -- run ends: archive -----------------------------------------------------------------
 
@@ -287,26 +294,14 @@ class Logstream:
         with tempfile.TemporaryDirectory(prefix="fleetlab-archive-") as tmp:
             path = Path(tmp) / "log.jsonl"
             count = 0
-            with path.open("w", encoding="utf-8") as out:
+            with path.open("wb") as out:
                 next_seq = 1
                 while True:
                     async with self.pool.acquire() as conn:
                         rows = await repo.fetch_lines(
                             conn, experiment_id, attempt, next_seq, None, None, _ARCHIVE_PAGE
                         )
-                    encode = _ARCHIVE_JSON.encode
-                    out.writelines(
-                        encode(
-                            {
-                                "seq": r["seq"],
-                                "stream": r["stream"],
-                                "ts": r["ts"].isoformat(),
-                                "line": r["line"],
-                            }
-                        )
-                        + "\n"
-                        for r in rows
-                    )
+                    out.writelines(_LINES_JSON(r) + b"\n" for r in rows)
                     count += len(rows)
                     if len(rows) < _ARCHIVE_PAGE:
                         break
@@ -393,13 +388,13 @@ class Logstream:
         conn: Conn,
         experiment_id: uuid.UUID,
         attempt: int,
-        records: Sequence[tuple[Any, ...]],
+        batch: repo.PointBatch,
         scores: dict[str, float],
     ) -> None:
         summaries: list[MetricSummaryEntry] = []
-        if records:
-            await repo.copy_point_records(conn, records)
-            rows = await repo.upsert_summary(conn, experiment_id, summarise_records(records))
+        if batch:
+            await repo.copy_points(conn, experiment_id, attempt, batch)
+            rows = await repo.upsert_summary(conn, experiment_id, repo.summarise(batch))
             summaries = [MetricSummaryEntry(**dict(r)) for r in rows]
         if scores:
             await repo.upsert_scores(conn, experiment_id, scores)
@@ -420,9 +415,9 @@ class Logstream:
         """Store a batch once (the inbox drops a redelivery; COPY cannot skip duplicates)."""
         async with self.pool.acquire() as conn, conn.transaction():
             if await first_delivery(conn, CONSUMER, batch):
-                records = repo.point_records(batch.experiment_id, batch.attempt, batch.points)
+                points = repo.batch_of_points(batch.points)
                 await self._store_metrics(
-                    conn, batch.experiment_id, batch.attempt, records, batch.scores
+                    conn, batch.experiment_id, batch.attempt, points, batch.scores
                 )
         self._kick()
         if batch.skipped:
@@ -438,19 +433,19 @@ class Logstream:
             event_id = uuid.UUID(body["id"])
             experiment_id = uuid.UUID(body["experiment_id"])
             attempt = int(body.get("attempt", 1))
-            records = _records_of_json(experiment_id, attempt, body.get("points", []))
+            points = _batch_of_json(body.get("points", []))
             scores = _scores_of_json(body.get("scores", {}))
             skipped = body.get("skipped", 0)
         except (KeyError, TypeError, ValueError, AttributeError):
-            records = scores = None
-        if records is None or scores is None or type(skipped) is not int:
+            points = scores = None
+        if points is None or scores is None or type(skipped) is not int:
             await self.on_metrics(MetricsReported.model_validate(body))
             return
         async with self.pool.acquire() as conn, conn.transaction():
             # The inbox needs only the event's id: an event without its points stands for it.
             bare = MetricsReported(id=event_id, experiment_id=experiment_id, agent_id="")
             if await first_delivery(conn, CONSUMER, bare):
-                await self._store_metrics(conn, experiment_id, attempt, records, scores)
+                await self._store_metrics(conn, experiment_id, attempt, points, scores)
         self._kick()
         if skipped:
             log.warning(
@@ -458,10 +453,10 @@ class Logstream:
             )
 
     async def ingest(self, request: MetricsIngest) -> int:
-        records = repo.point_records(request.experiment_id, request.attempt, request.points)
+        points = repo.batch_of_points(request.points)
         async with self.pool.acquire() as conn, conn.transaction():
             await self._store_metrics(
-                conn, request.experiment_id, request.attempt, records, request.scores
+                conn, request.experiment_id, request.attempt, points, request.scores
             )
         self._kick()
         return len(request.points)
@@ -471,16 +466,16 @@ class Logstream:
         try:
             experiment_id = uuid.UUID(body["experiment_id"])
             attempt = int(body.get("attempt", 1))
-            records = _records_of_json(experiment_id, attempt, body["points"])
+            points = _batch_of_json(body["points"])
             scores = _scores_of_json(body.get("scores", {}))
         except (KeyError, TypeError, ValueError, AttributeError):
-            records = scores = None
-        if records is None or scores is None:
+            points = scores = None
+        if points is None or scores is None:
             return await self.ingest(MetricsIngest.model_validate(body))
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._store_metrics(conn, experiment_id, attempt, records, scores)
+            await self._store_metrics(conn, experiment_id, attempt, points, scores)
         self._kick()
-        return len(records)
+        return sum(len(s.vals) for s in points.values())
 
     def _kick(self) -> None:
         if self.relay is not None:
@@ -515,20 +510,20 @@ class Logstream:
                 )
             series: list[Series] = []
             for s in wanted:
-                rows = await repo.fetch_series(conn, query.experiment_id, s.name)
-                total = len(rows)
+                steps, vals, times = await repo.fetch_series(conn, query.experiment_id, s.name)
+                total = len(vals)
+                keep: Sequence[int] = range(total)
                 if total > query.points:
                     xs = [
-                        float(r["step"]) if r["step"] is not None else r["ts"].timestamp()
-                        for r in rows
+                        float(step) if step is not None else t.timestamp()
+                        for step, t in zip(steps, times, strict=True)
                     ]
-                    ys = [r["value"] for r in rows]
-                    rows = [rows[i] for i in lttb(xs, ys, query.points)]
+                    keep = lttb(xs, vals, query.points)
                 series.append(
                     Series(
                         name=s.name,
                         points=[
-                            SeriesPoint(step=r["step"], value=r["value"], ts=r["ts"]) for r in rows
+                            SeriesPoint(step=steps[i], value=vals[i], ts=times[i]) for i in keep
                         ],
                         total=total,
                         downsampled=total > query.points,

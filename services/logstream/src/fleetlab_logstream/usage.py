@@ -1,12 +1,15 @@
 """Resource use (``agent.usage.sampled``): stored per agent and per experiment, read back whole
 or downsampled, pruned by age.
 
-Each batch holds one machine sample and one sample per running experiment; it is stored once
-(the inbox drops a redelivery), the experiments' rows with COPY. A read returns the samples
-since ``since``; with ``points`` > 0 and more samples than that, the time range is cut into
-``points`` equal buckets and each bucket gives one sample: CPU and GPU utilisation are the
-bucket's mean, memory (RSS, machine memory, GPU memory) its peak, ``ts`` its last sample's.
-``points`` = 0 returns every sample, a page at a time (follow ``next_offset``), in time order.
+Each batch holds one machine sample and one sample per running experiment (per rank of a
+multi-worker one); it is stored once (the inbox drops a redelivery), the experiments' rows with
+COPY. An experiment's samples are series, one per agent and rank: a multi-worker experiment
+has one for each rank, on whichever agents they ran. A read returns the samples since
+``since``; with ``points`` > 0 and more samples than that, the time range is cut into equal
+buckets, as many per series as ``points`` allows in all, and each bucket of each series gives
+one sample: CPU and GPU utilisation are the bucket's mean, memory (RSS, machine memory, GPU
+memory) its peak, ``ts`` its last sample's. ``points`` = 0 returns every sample, a page at a
+time (follow ``next_offset``), in time order.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ _EXPERIMENT_COLUMNS = (
     "experiment_id",
     "attempt",
     "agent_id",
+    "rank",
     "ts",
     "cpu_percent",
     "rss_mb",
@@ -125,6 +129,7 @@ async def store(pool: asyncpg.Pool, batch: UsageSampled) -> bool:
                         e.experiment_id,
                         e.attempt,
                         batch.agent_id,
+                        e.rank,
                         e.ts,
                         e.cpu_percent,
                         e.rss_mb,
@@ -151,6 +156,7 @@ def _experiment_sample(r: asyncpg.Record) -> dict[str, Any]:
         "ts": _iso(r["ts"]),
         "attempt": r["attempt"],
         "agent_id": r["agent_id"],
+        "rank": r["rank"],
         "cpu_percent": round(r["cpu_percent"], 1),
         "rss_mb": round(r["rss_mb"], 1),
         "processes": r["processes"],
@@ -219,8 +225,8 @@ async def _experiment(conn: Conn, q: UsageQuery, experiment_id: uuid.UUID) -> Us
     if q.points == 0 or total <= q.points:
         limit = q.limit if q.points == 0 else q.points
         rows = await conn.fetch(
-            """SELECT id, ts, attempt, agent_id, cpu_percent, rss_mb, processes, gpu_percent,
-                      gpu_memory_mb
+            """SELECT id, ts, attempt, agent_id, rank, cpu_percent, rss_mb, processes,
+                      gpu_percent, gpu_memory_mb
                FROM experiment_usage
                WHERE experiment_id = $1 AND ($2::timestamptz IS NULL OR ts >= $2)
                ORDER BY ts, id OFFSET $3 LIMIT $4""",
@@ -236,19 +242,29 @@ async def _experiment(conn: Conn, q: UsageQuery, experiment_id: uuid.UUID) -> Us
             next_offset=q.offset + len(rows) if more else None,
         )
     assert first is not None and last is not None
-    width = max((last - first).total_seconds() / q.points, 1e-6)
+    # The same time buckets for every series (agent and rank), ``points`` samples in all: a
+    # bucket never mixes two ranks' trees or two machines.
+    series = await conn.fetchval(
+        """SELECT count(*) FROM (
+               SELECT DISTINCT agent_id, rank FROM experiment_usage
+               WHERE experiment_id = $1 AND ($2::timestamptz IS NULL OR ts >= $2)) s""",
+        experiment_id,
+        q.since,
+    )
+    buckets = max(q.points // max(int(series or 0), 1), 1)
+    width = max((last - first).total_seconds() / buckets, 1e-6)
     rows = await conn.fetch(
-        f"""SELECT max(ts) AS ts, max(attempt) AS attempt, max(agent_id) AS agent_id,
+        f"""SELECT max(ts) AS ts, max(attempt) AS attempt, agent_id, rank,
                    avg(cpu_percent) AS cpu_percent, max(rss_mb) AS rss_mb,
                    max(processes) AS processes, avg(gpu_percent) AS gpu_percent,
                    max(gpu_memory_mb) AS gpu_memory_mb
             FROM experiment_usage
             WHERE experiment_id = $1 AND ($2::timestamptz IS NULL OR ts >= $2)
-            GROUP BY {_BUCKET} ORDER BY 1""",
+            GROUP BY agent_id, rank, {_BUCKET} ORDER BY 1, agent_id, rank""",
         experiment_id,
         q.since,
         first,
-        q.points,
+        buckets,
         width,
     )
     return UsagePage(samples=[_experiment_sample(r) for r in rows], total=total, downsampled=True)

@@ -29,7 +29,7 @@ from fleetlab_common.events.api import (
     ExperimentSubmitted,
     SweepFinished,
 )
-from fleetlab_common.events.base import Event, utcnow
+from fleetlab_common.events.base import EncodedEvent, Event, utcnow
 from fleetlab_common.events.catalog import EVENTS, EVENTS_BY_TYPE, STREAMS, Rpc, publisher_of
 from fleetlab_common.events.logstream import MetricsSummarized, MetricSummaryEntry
 from fleetlab_common.events.scheduler import (
@@ -54,6 +54,7 @@ __all__ = [
     "AgentOnline",
     "DeliveryFailed",
     "DeliverySucceeded",
+    "EncodedEvent",
     "EndpointPaused",
     "Event",
     "ExperimentAssigned",

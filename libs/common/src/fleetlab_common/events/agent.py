@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
-from fleetlab_common.events.base import Event
+from fleetlab_common.events.base import EncodedEvent, Event
 
 ExperimentOutcome = Literal["succeeded", "failed", "stopped"]
 
@@ -59,6 +59,9 @@ class ExperimentUsage(BaseModel):
 
     experiment_id: uuid.UUID
     attempt: int = 1
+    # The rank this tree is in a multi-worker experiment (None for a single process): each
+    # rank is sampled on its own, also when several run on one agent.
+    rank: int | None = None
     ts: datetime
     # Summed over the tree: 100 means one core busy (so 350 is three and a half cores).
     cpu_percent: float
@@ -230,6 +233,20 @@ class LogLinesAppended(Event):
     attempt: int = 1
     lines: list[LogLine]
 
+    @classmethod
+    def encode(
+        cls,
+        experiment_id: uuid.UUID,
+        agent_id: str,
+        attempt: int,
+        lines: list[dict[str, Any]],
+    ) -> EncodedEvent:
+        """The batch in its wire form, from lines already shaped as ``LogLine``'s JSON
+        (``seq``, ``stream``, ``ts`` as ISO 8601 text, ``line``, and ``rank`` for a worker)."""
+        return cls.encode_with_items(
+            "lines", lines, experiment_id=experiment_id, agent_id=agent_id, attempt=attempt
+        )
+
 
 class AgentLogLine(BaseModel):
     """One line of an agent's own log (its structlog output, as rendered)."""
@@ -283,6 +300,28 @@ class MetricsReported(Event):
     points: list[MetricPoint] = Field(default_factory=list)
     scores: dict[str, float] = Field(default_factory=dict)
     skipped: int = 0
+
+    @classmethod
+    def encode(
+        cls,
+        experiment_id: uuid.UUID,
+        agent_id: str,
+        attempt: int,
+        points: list[dict[str, Any]],
+        scores: dict[str, float],
+        skipped: int,
+    ) -> EncodedEvent:
+        """The batch in its wire form, from points already shaped as ``MetricPoint``'s JSON
+        (``name``, ``value``, ``step``, ``ts`` as ISO 8601 text, and ``rank`` for a worker)."""
+        return cls.encode_with_items(
+            "points",
+            points,
+            experiment_id=experiment_id,
+            agent_id=agent_id,
+            attempt=attempt,
+            scores=scores,
+            skipped=skipped,
+        )
 
 
 class UsageSampled(Event):

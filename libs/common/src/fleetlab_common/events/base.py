@@ -9,9 +9,11 @@ publisher never breaks an older consumer: the catalog grows additively.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetlab_common.ids import uuid7
@@ -56,3 +58,36 @@ class Event(BaseModel):
     def headers(self) -> dict[str, str]:
         """Headers for a JetStream publish: the event id as ``Nats-Msg-Id``."""
         return {"Nats-Msg-Id": str(self.id), "Fleetlab-Event-Type": self.type}
+
+    @classmethod
+    def encode_with_items(
+        cls, field: str, items: list[dict[str, Any]], **fields: Any
+    ) -> EncodedEvent:
+        """The event in its wire form, its list ``field`` written from ``items`` already
+        shaped as that list's JSON (no model per item); the rest is made by the model."""
+        head = cls(**fields, **{field: []})
+        raw = head.model_dump_json().encode()
+        empty = b'"%s":[]' % field.encode()
+        # Inside a JSON string every quote is escaped: the field's own key is the one match.
+        at = raw.index(empty)
+        payload = raw[: at + len(empty) - 2] + orjson.dumps(items) + raw[at + len(empty) :]
+        return EncodedEvent(cls, head.subject(), head.headers(), payload)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An event already in its wire form: what a hot path publishes when a model per item
+    would cost more than the work itself (an agent's batch of output lines). ``decode`` reads
+    it back into its model, which is also how a test checks the form."""
+
+    model: type[Event]
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+
+    @property
+    def stream(self) -> str | None:
+        return self.model.STREAM
+
+    def decode(self) -> Event:
+        return self.model.model_validate_json(self.payload)

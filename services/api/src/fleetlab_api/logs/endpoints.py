@@ -3,10 +3,10 @@ logs."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.background import BackgroundTask
@@ -47,10 +47,13 @@ async def get_logs(
         to_seq=to_seq,
         timeout_s=state.settings.rpc_timeout_s,
     )
+    # A multi-worker run: each line says which rank wrote it (lines stored before the agent
+    # sent ranks take it from their number and the project's workers).
     world = await experiments.world_size(conn, experiment)
-    if world > 1:  # a multi-worker run: each line says which rank wrote it
+    if world > 1 or any("rank" in ln for ln in lines):
         text = "".join(
-            f"[rank {experiments.rank_of(ln['seq'], world)}] {ln['line']}\n" for ln in lines
+            f"[rank {ln.get('rank', experiments.rank_of(ln['seq'], world))}] {ln['line']}\n"
+            for ln in lines
         )
     else:
         text = "".join(f"{ln['line']}\n" for ln in lines)
@@ -60,22 +63,21 @@ async def get_logs(
     return PlainTextResponse(text, headers=headers)
 
 
-# One encoder for every line: json.dumps with an option builds a new encoder per call, which
-# doubled what a live line cost the API.
-_JSON = json.JSONEncoder(ensure_ascii=False)
-
-
-def _sse(item: Item) -> str:
+def _sse(item: Item) -> bytes:
     if item.kind == "lines":
-        encode = _JSON.encode
-        return "".join(f"id: {ln['seq']}\nevent: line\ndata: {encode(ln)}\n\n" for ln in item.lines)
+        # Each line's JSON as the agent sent it, written by orjson: a tenth of what json.dumps
+        # cost per line, which was the largest part of what a live line cost the API.
+        encode = orjson.dumps
+        return b"".join(
+            b"id: %d\nevent: line\ndata: %s\n\n" % (ln["seq"], encode(ln)) for ln in item.lines
+        )
     if item.kind == "skipped":
         assert item.skipped is not None
-        return f"event: skipped\ndata: {item.skipped.model_dump_json()}\n\n"
+        return f"event: skipped\ndata: {item.skipped.model_dump_json()}\n\n".encode()
     if item.kind == "end":
         assert item.end is not None
-        return f"event: end\ndata: {item.end.model_dump_json()}\n\n"
-    return ": keepalive\n\n"
+        return f"event: end\ndata: {item.end.model_dump_json()}\n\n".encode()
+    return b": keepalive\n\n"
 
 
 def _resume_from(from_seq: int | None, last_event_id: str | None) -> int | None:
@@ -132,9 +134,9 @@ async def stream_logs(
         await follower.__aexit__()
         raise
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
         try:
-            yield "retry: 1000\n\n"
+            yield b"retry: 1000\n\n"
             if first is not None:
                 yield _sse(first)
                 async for item in attach:
@@ -188,9 +190,9 @@ async def logs_websocket(
             state, experiment, from_seq=from_seq, head=head, tail=tail, stream=stream
         ) as follower:
             async for item in follower.attach():
-                await websocket.send_text(_JSON.encode(_ws_message(item)))
+                await websocket.send_text(orjson.dumps(_ws_message(item)).decode())
             async for item in follower.follow():
-                await websocket.send_text(_JSON.encode(_ws_message(item)))
+                await websocket.send_text(orjson.dumps(_ws_message(item)).decode())
         await websocket.close()
     except WebSocketDisconnect:
         return

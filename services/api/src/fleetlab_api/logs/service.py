@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -43,8 +44,9 @@ Line = dict[str, Any]  # {"seq", "stream", "ts", "line"}, as logstream and the a
 # Unsubscriptions under way (a task must be referenced until it ends).
 _CLEANUPS: set[asyncio.Task[None]] = set()
 
-# Live lines held for a viewer that reads slower than the run prints; past this they are
-# dropped and read back from the store when the viewer gets to them.
+# Live lines held for a viewer that reads slower than the run prints, counted from the next
+# line it is to get; lines further ahead are not held, and are read back from the store when
+# the viewer gets to them.
 MAX_PENDING = 50_000
 
 
@@ -192,20 +194,24 @@ class LogFollower:
 
     async def _on_lines(self, msg: Msg) -> None:
         try:
-            body = json.loads(msg.data)
+            body = orjson.loads(msg.data)
             if body.get("attempt", 1) != self.experiment.attempt:
                 return
             lines: list[Line] = body["lines"]
         except (ValueError, KeyError, TypeError, AttributeError):
             return
+        # Held: the lines the viewer will send next, up to MAX_PENDING ahead of it. Lines
+        # further ahead are read back from the store when the viewer gets to them.
         floor = self.next_seq
+        ceiling = floor + MAX_PENDING
+        pending = self.pending
+        last = self.known_last
         for ln in lines:
             seq = ln["seq"]
-            if seq >= floor:
-                self.pending[seq] = ln
-            self.known_last = max(self.known_last, seq)
-        if len(self.pending) > MAX_PENDING:
-            self.pending.clear()  # read back from the store when the viewer gets there
+            if floor <= seq < ceiling:
+                pending[seq] = ln
+            last = max(last, seq)
+        self.known_last = last
         self._wake.set()
 
     async def _on_end(self, msg: Msg) -> None:

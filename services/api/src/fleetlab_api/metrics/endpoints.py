@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
@@ -79,8 +80,13 @@ async def post_metrics(ref: str, request: Request, conn: ConnDep, state: StateDe
     ``{"_scores": {...}}`` sets the run's scores.
     """
     experiment = await experiments.get(conn, ref)
+    raw = await request.body()
     try:
-        body = json.loads(await request.body())
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None  # read again below: the standard parser's error, or its NaN as a value
+    try:
+        body = json.loads(raw) if body is None else body
     except ValueError as exc:
         raise InvalidError(
             f"the request body is not valid: malformed JSON: {exc}", {"body": "malformed JSON"}

@@ -75,10 +75,13 @@ class PointsError(ValueError):
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
+    kind = type(value)  # exact types: a bool is not a number here
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return None
 
 
 def _when(raw: Any, now: str) -> str | None:
@@ -114,40 +117,42 @@ def parse_points(body: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
     scores: dict[str, float] = {}
     errors: dict[str, str] = {}
     for i, item in enumerate(items):
-        where = f"points.{i}"
         if not isinstance(item, dict):
-            errors[where] = "must be an object"
+            errors[f"points.{i}"] = "must be an object"
             continue
         step = item.get("step")
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-            errors[f"{where}.step"] = "must be an integer"
+        if step is not None and type(step) is not int:
+            errors[f"points.{i}.step"] = "must be an integer"
             continue
-        ts = _when(item.get("date", item.get("ts")), now)
+        raw_ts = item.get("date")
+        if raw_ts is None:
+            raw_ts = item.get("ts")
+        ts = now if raw_ts is None else _when(raw_ts, now)
         if ts is None:
-            errors[f"{where}.date"] = "must be an ISO 8601 time or a Unix timestamp"
+            errors[f"points.{i}.date"] = "must be an ISO 8601 time or a Unix timestamp"
             continue
         metadata = item.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
-            errors[f"{where}.metadata"] = "must be an object"
+            errors[f"points.{i}.metadata"] = "must be an object"
             continue
         raw_scores = item.get("_scores")
         if raw_scores is not None:
             if not isinstance(raw_scores, dict):
-                errors[f"{where}._scores"] = "must be an object of numbers"
+                errors[f"points.{i}._scores"] = "must be an object of numbers"
                 continue
             for key, val in raw_scores.items():
                 num = _number(val)
                 if num is None:
-                    errors[f"{where}._scores.{key}"] = "must be a finite number"
+                    errors[f"points.{i}._scores.{key}"] = "must be a finite number"
                 else:
                     scores[str(key)] = num
         cumulative = bool(item.get("cumulative", False))
         if "name" in item:
             name, value = item["name"], _number(item.get("value"))
             if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-                errors[f"{where}.name"] = f"must be a text of 1 to {MAX_NAME_CHARS} characters"
+                errors[f"points.{i}.name"] = f"must be a text of 1 to {MAX_NAME_CHARS} characters"
             elif value is None:
-                errors[f"{where}.value"] = "must be a finite number"
+                errors[f"points.{i}.value"] = "must be a finite number"
             else:
                 points.append(
                     {
@@ -165,7 +170,7 @@ def parse_points(body: Any) -> tuple[list[dict[str, Any]], dict[str, float]]:
                 continue
             value = _number(val)
             if value is None or len(key) > MAX_NAME_CHARS:
-                errors[f"{where}.{key}"] = "must be a finite number"
+                errors[f"points.{i}.{key}"] = "must be a finite number"
                 continue
             points.append(
                 {

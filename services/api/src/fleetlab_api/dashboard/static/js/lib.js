@@ -227,9 +227,11 @@ export function usageCharts(box, samples) {
 }
 
 export function appendUsage(box, charts, sample) {
+  // The ranks of a multi-worker run are sampled apart: one line each.
+  const rank = sample.rank == null ? null : `rank ${sample.rank}`;
   for (const [key, title] of Object.entries(USAGE)) {
     if (typeof sample[key] !== "number") continue;
     if (!charts.has(key)) charts.set(key, new Chart(box, title, { xLabel: "time", time: true }));
-    charts.get(key).append(title, [[Date.parse(sample.ts) / 1000, sample[key]]]);
+    charts.get(key).append(rank ?? title, [[Date.parse(sample.ts) / 1000, sample[key]]]);
   }
 }
