@@ -13,14 +13,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import nats.js.errors
 import pytest
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from standardwebhooks.webhooks import Webhook
 
-from fleetlab_common.broker import publish_event
+from fleetlab_common.broker import consumer_name, ensure_streams, publish_event
 from fleetlab_common.events import ExperimentFinished, ExperimentStarted
 from fleetlab_common.ids import uuid7
 from fleetlab_webhooks.app import build_service
+from fleetlab_webhooks.public import CONSUMED
+from fleetlab_webhooks.service import CONSUMER
 from fleetlab_webhooks.settings import WebhooksSettings
 
 from .conftest import eventually
@@ -63,8 +68,38 @@ def receiver() -> Iterator[Receiver]:
         thread.join(5)
 
 
+async def _consume_from_now(nc: NatsClient, settings: WebhooksSettings) -> None:
+    """Create the service's durable consumers reading from now on, where none exists yet.
+
+    The API tests before these left thousands of events in the package's streams, many about
+    experiments never submitted here: a new webhooks service would rightly replay them all,
+    each held back a few times waiting for its submission, and the events of these tests would
+    queue behind them. The service takes an existing durable consumer as it is.
+    """
+    js = nc.jetstream()
+    await ensure_streams(js, settings.nats)
+    for event in CONSUMED:
+        assert event.STREAM is not None
+        durable = consumer_name(CONSUMER, event)
+        try:
+            await js.consumer_info(event.STREAM, durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(
+                event.STREAM,
+                ConsumerConfig(
+                    durable_name=durable,
+                    filter_subject=event.subscribe_subject(),
+                    deliver_policy=DeliverPolicy.NEW,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    max_deliver=settings.nats.max_deliver,
+                ),
+            )
+
+
 @pytest.fixture
-async def webhooks_service(nats_url: str, fresh_dsn: str) -> AsyncIterator[Callable[..., Any]]:
+async def webhooks_service(
+    nats_url: str, fresh_dsn: str, nc: NatsClient
+) -> AsyncIterator[Callable[..., Any]]:
     """Start the webhooks service (one at a time) with the delivery settings asked for."""
 
     @asynccontextmanager
@@ -74,6 +109,7 @@ async def webhooks_service(nats_url: str, fresh_dsn: str) -> AsyncIterator[Calla
             nats={"url": nats_url},
             webhooks={"retry_base_s": 0.05, "poll_s": 0.2, **delivery},
         )
+        await _consume_from_now(nc, settings)
         service, _ = build_service(settings)
         await service.start_db()
         await service.broker.start()
