@@ -277,6 +277,21 @@ async def test_higher_priority_first_then_oldest(h: Harness) -> None:
     assert order == [new_high.experiment_id, old_low.experiment_id, newer_low.experiment_id]
 
 
+async def test_a_long_head_that_fits_nowhere_does_not_hide_what_fits(h: Harness) -> None:
+    # The queue is read a page at a time (a few rows per free slot): 100 experiments asking
+    # for a label no agent has come first, then two that fit.
+    for i in range(100):
+        await h.submit(at=T0 + timedelta(seconds=i), run=RunSpec(command=["t"], labels=["tpu"]))
+    fits = [await h.submit(at=T0 + timedelta(seconds=200 + i)) for i in range(2)]
+    await h.beat("agent-a", slots=1)
+
+    assert await h.scheduler.place_once() == 1
+    statuses = await h.statuses()
+    assert statuses[fits[0].experiment_id][0] == "assigned"
+    assert statuses[fits[1].experiment_id][0] == "queued"
+    assert sum(s[0] == "queued" for s in statuses.values()) == 101
+
+
 async def test_placement_spreads_over_agents_by_most_free_slots(h: Harness) -> None:
     await h.beat("agent-a", slots=2)
     await h.beat("agent-b", slots=2)

@@ -34,6 +34,9 @@ from fleetlab_common.log import get_logger
 log = get_logger(__name__)
 
 SEGMENT_BYTES = 4 * 1024 * 1024
+# Seconds between saves of the cursor while records are being sent, and the quiet time after
+# the last send before it is saved.
+CURSOR_EVERY_S = 0.2
 
 
 def _parse_record(raw: bytes) -> tuple[dict[str, Any], bytes]:
@@ -67,6 +70,8 @@ class Spool:
         # What is on disk and not yet sent, also held in memory (bounded by ``max_bytes``), so
         # that sending never rereads the files: (segment, end offset, size, meta, payload).
         self._last: tuple[int, int] = self._cursor()
+        self._saved = self._last
+        self._saved_at = time.monotonic()
         self._queue: deque[tuple[int, int, int, dict[str, Any], bytes]] = deque()
         self._queued_bytes = 0
         self._load_unsent()
@@ -91,6 +96,7 @@ class Spool:
         tmp = self._cursor_path.with_suffix(".tmp")
         tmp.write_text(f"{segment} {offset}")
         tmp.replace(self._cursor_path)
+        self._saved = (segment, offset)
 
     def size(self) -> int:
         """Bytes written and not yet sent."""
@@ -161,7 +167,6 @@ class Spool:
 
     async def _send_available(self) -> None:
         backoff = 0.05
-        last_saved = time.monotonic()
         while self._queue:
             segment, end, size, meta, payload = self._queue[0]
             try:
@@ -170,7 +175,7 @@ class Spool:
                 raise
             except Exception as exc:  # NATS away: keep it, try again
                 log.warning("agent.spool_retry", error=repr(exc), retry_in_s=backoff)
-                self._save_cursor(*self._sent_up_to())
+                self._save_progress()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -180,13 +185,16 @@ class Spool:
             self._room.set()
             self.sent += 1
             self._last = (segment, end)
-            # The cursor is saved now and then, not per record: a crash resends a few records,
-            # which the stream's duplicate window drops.
-            if time.monotonic() - last_saved > 0.2:
-                self._save_cursor(segment, end)
-                last_saved = time.monotonic()
+            # The cursor is saved now and then, not per record (nor per run's end): a crash
+            # resends a few records, which the stream's duplicate window drops.
+            if time.monotonic() - self._saved_at > CURSOR_EVERY_S:
+                self._save_progress()
+
+    def _save_progress(self) -> None:
+        """Save the cursor (what is sent) and delete the segments wholly sent."""
         self._save_cursor(*self._sent_up_to())
         self._drop_sent_segments()
+        self._saved_at = time.monotonic()
 
     def _sent_up_to(self) -> tuple[int, int]:
         if self._queue:
@@ -216,6 +224,12 @@ class Spool:
             self._wake.clear()
             await self._send_available()
             self._idle.set()
+            if self._sent_up_to() != self._saved:
+                # Sent since the cursor was saved: save it once things are quiet for a moment.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), CURSOR_EVERY_S)
+                if not self._wake.is_set():
+                    self._save_progress()
             await self._wake.wait()
 
     def start(self) -> None:
@@ -237,6 +251,8 @@ class Spool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._sent_up_to() != self._saved:
+            self._save_cursor(*self._sent_up_to())
         if self._writer is not None:
             self._writer.close()
             self._writer = None

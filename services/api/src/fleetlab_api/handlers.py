@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -13,7 +14,7 @@ from fleetlab_api.state import State
 from fleetlab_api.sweeps.service import finish_if_done
 from fleetlab_common.broker import event_subscriber
 from fleetlab_common.db import Conn
-from fleetlab_common.db.inbox import first_delivery
+from fleetlab_common.db.inbox import InboxBatch
 from fleetlab_common.events import (
     Event,
     ExperimentAssigned,
@@ -28,18 +29,19 @@ CONSUMER = "api"
 
 def register(broker: NatsBroker, state: State) -> None:
     nats = state.settings.nats
+    # Events fetched together are applied in one transaction (see InboxBatch).
+    inbox = InboxBatch(state.db, CONSUMER)
 
     async def apply(
-        event: Event, experiment_id: object, change: Callable[[Conn], Awaitable[None]]
+        event: Event, experiment_id: uuid.UUID, change: Callable[[Conn], Awaitable[None]]
     ) -> None:
+        async def change_and_sweep(conn: Conn) -> bool:
+            await change(conn)
+            # A trial's end may be its sweep's end: sweep.finished goes with it.
+            return await finish_if_done(conn, experiment_id)
+
         with structlog.contextvars.bound_contextvars(experiment_id=str(experiment_id)):
-            ended = False
-            async with state.db().acquire() as conn, conn.transaction():
-                if await first_delivery(conn, CONSUMER, event):
-                    await change(conn)
-                    # A trial's end may be its sweep's end: sweep.finished goes with it.
-                    ended = await finish_if_done(conn, experiment_id)
-            if ended:
+            if await inbox.apply(event, change_and_sweep):
                 state.outbox().kick()
 
     @event_subscriber(broker, ExperimentAssigned, CONSUMER, nats)

@@ -241,8 +241,9 @@ async def runs_to_archive(conn: Conn, gave_up_before: datetime, limit: int) -> l
 
 
 async def mark_archived(
-    conn: Conn, experiment_id: uuid.UUID, attempt: int, key: str, complete: bool
+    conn: Conn, experiment_id: uuid.UUID, attempt: int, key: str | None, complete: bool
 ) -> None:
+    """The run's log is in the store under ``key`` (None: it printed nothing, none is kept)."""
     await conn.execute(
         """UPDATE runs SET archive_key = $3, archived_at = now(), archive_complete = $4
            WHERE experiment_id = $1 AND attempt = $2""",

@@ -282,7 +282,14 @@ class Logstream:
                 runs = await repo.runs_to_archive(conn, gave_up, 20)
             for run in runs:
                 complete = run["stored"] >= (run["log_lines"] or 0)
-                await self.archive(run["experiment_id"], run["attempt"], complete=complete)
+                if complete and run["stored"] == 0:
+                    # A run that printed nothing has no log file to keep: none is written.
+                    async with self.pool.acquire() as conn:
+                        await repo.mark_archived(
+                            conn, run["experiment_id"], run["attempt"], None, True
+                        )
+                else:
+                    await self.archive(run["experiment_id"], run["attempt"], complete=complete)
                 done += 1
             if len(runs) < 20:
                 return done

@@ -129,6 +129,14 @@ class Fleet:
         self.agents = agents
         self._order = sorted(agents, key=_most_free)
 
+    def free_slots(self) -> float:
+        """CPU slots free on the agents that could still take something this round."""
+        return sum(
+            a.slots_free
+            for a in self.agents
+            if a.slots_free > 0 and not a.draining and not a.reserved
+        )
+
     def any_free(self) -> bool:
         """Whether any agent could still take something this round."""
         return any(a.slots_free > 0 and not a.draining and not a.reserved for a in self.agents)

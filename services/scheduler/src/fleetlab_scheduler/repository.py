@@ -161,28 +161,41 @@ async def capacity_rows(
     return agents, active + await active_worker_rows(conn)
 
 
-async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    """The next experiments to place: highest priority first, then oldest.
+async def next_queued(
+    conn: Conn,
+    limit: int,
+    after: asyncpg.Record | None = None,
+    room: dict[uuid.UUID, int] | None = None,
+) -> tuple[list[asyncpg.Record], asyncpg.Record | None]:
+    """The next experiments to place: highest priority first, then oldest; ``limit`` rows
+    read, from just after the row ``after`` (the previous page's last). Returns the rows to
+    consider and the last row read (None when the queue has no more).
 
     A sweep's trials count against its parallelism: a sweep with as many trials assigned or
     running as it allows has none returned, and one with room has at most that many (the
-    first in queue order). Placement holds the agents' row locks, so rounds never overlap
-    and the count cannot go stale within one."""
+    first in queue order; ``room`` carries the count across the pages of one round).
+    Placement holds the agents' row locks, so rounds never overlap and the count cannot go
+    stale within one."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """WITH busy AS (
                SELECT sweep_id, count(*) AS n FROM experiments
                WHERE sweep_id IS NOT NULL AND status IN ('assigned', 'running')
                GROUP BY sweep_id)
-           SELECT e.id, e.project, e.options, e.run, e.attempt, e.sweep_id,
-                  e.sweep_parallelism - coalesce(b.n, 0) AS sweep_room
+           SELECT e.id, e.project, e.options, e.run, e.attempt, e.sweep_id, e.priority,
+                  e.submitted_at, e.sweep_parallelism - coalesce(b.n, 0) AS sweep_room
            FROM experiments e LEFT JOIN busy b ON b.sweep_id = e.sweep_id
            WHERE e.status = 'queued'
              AND (e.sweep_parallelism IS NULL OR coalesce(b.n, 0) < e.sweep_parallelism)
+             AND ($2::int IS NULL OR e.priority < $2
+                  OR (e.priority = $2 AND (e.submitted_at, e.id) > ($3, $4)))
            ORDER BY e.priority DESC, e.submitted_at, e.id
            LIMIT $1 FOR UPDATE OF e SKIP LOCKED""",
         limit,
+        after["priority"] if after is not None else None,
+        after["submitted_at"] if after is not None else None,
+        after["id"] if after is not None else None,
     )
-    room: dict[uuid.UUID, int] = {}
+    room = {} if room is None else room
     chosen: list[asyncpg.Record] = []
     for row in rows:
         if row["sweep_room"] is not None:
@@ -191,7 +204,7 @@ async def next_queued(conn: Conn, limit: int) -> list[asyncpg.Record]:
                 continue
             room[row["sweep_id"]] = left - 1
         chosen.append(row)
-    return chosen
+    return chosen, (rows[-1] if len(rows) == limit else None)
 
 
 async def assign_many(conn: Conn, assignments: list[tuple[uuid.UUID, str, list[int]]]) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from math import ceil
 from typing import Any
 
 import asyncpg
 
 from fleetlab_common.db import Conn
-from fleetlab_common.db.inbox import first_delivery
+from fleetlab_common.db.inbox import InboxBatch, first_delivery
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.events import (
     AgentHeartbeat,
@@ -52,15 +54,19 @@ class Scheduler:
     relay: OutboxRelay
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Events fetched together are applied in one transaction.
+    _inbox: InboxBatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._inbox = InboxBatch(lambda: self.pool, CONSUMER)
 
     def wake(self) -> None:
         """Something changed that may let a queued experiment run: place now."""
         self._wake.set()
 
     async def on_submitted(self, event: ExperimentSubmitted) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            if await repo.insert_experiment(conn, event):
-                log.info("experiment.queued", experiment_id=str(event.experiment_id))
+        if await self._inbox.apply(event, lambda conn: repo.insert_experiment(conn, event)):
+            log.info("experiment.queued", experiment_id=str(event.experiment_id))
         self.wake()
 
     async def on_stop_requested(self, event: ExperimentStopRequested) -> None:
@@ -155,32 +161,32 @@ class Scheduler:
     async def on_started(self, event: ExperimentStarted) -> None:
         if event.world_size > 1:
             return  # a gang's own start, which this scheduler reported
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await first_delivery(conn, CONSUMER, event):
-                return
-            await repo.mark_started(
+        await self._inbox.apply(
+            event,
+            lambda conn: repo.mark_started(
                 conn,
                 event.experiment_id,
                 event.attempt,
                 event.agent_id,
                 event.instance_id,
                 event.occurred_at,
-            )
+            ),
+        )
 
     async def on_finished(self, event: ExperimentFinished) -> None:
         if event.world_size > 1:
             return  # a gang's own end, which this scheduler reported
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await first_delivery(conn, CONSUMER, event):
-                return
-            await repo.mark_finished(
+        await self._inbox.apply(
+            event,
+            lambda conn: repo.mark_finished(
                 conn,
                 event.experiment_id,
                 event.attempt,
                 event.status,
                 event.reason,
                 event.occurred_at,
-            )
+            ),
+        )
         self.wake()
 
     async def reap_once(self) -> int:
@@ -216,36 +222,37 @@ class Scheduler:
             if not fleet.any_free():
                 return 0
             assigned: list[ExperimentAssigned] = []
-            for row in await repo.next_queued(conn, self.settings.placement_batch):
-                run = RunSpec.model_validate(row["run"])
-                local = None if run.command else row["project"]
-                if run.workers > 1:
-                    places = fleet.place_gang(
-                        run.workers, frozenset(run.labels), run.resources, local, run.capacity
-                    )
-                    if places is None:
+            async with contextlib.aclosing(self._queued(conn, fleet)) as queue:
+                async for row in queue:
+                    run = RunSpec.model_validate(row["run"])
+                    local = None if run.command else row["project"]
+                    if run.workers > 1:
+                        places = fleet.place_gang(
+                            run.workers, frozenset(run.labels), run.resources, local, run.capacity
+                        )
+                        if places is None:
+                            if not fleet.any_free():
+                                break
+                            continue
+                        assigned.append(await self._assign_gang(conn, row, run, places))
+                        continue
+                    chosen = fleet.place(frozenset(run.labels), run.resources, local, run.capacity)
+                    if chosen is None:
                         if not fleet.any_free():
                             break
                         continue
-                    assigned.append(await self._assign_gang(conn, row, run, places))
-                    continue
-                chosen = fleet.place(frozenset(run.labels), run.resources, local, run.capacity)
-                if chosen is None:
-                    if not fleet.any_free():
-                        break
-                    continue
-                agent, gpus = chosen
-                assigned.append(
-                    ExperimentAssigned(
-                        experiment_id=row["id"],
-                        agent_id=agent.id,
-                        attempt=row["attempt"],
-                        project=row["project"],
-                        options=row["options"],
-                        run=run,
-                        gpus=gpus,
+                    agent, gpus = chosen
+                    assigned.append(
+                        ExperimentAssigned(
+                            experiment_id=row["id"],
+                            agent_id=agent.id,
+                            attempt=row["attempt"],
+                            project=row["project"],
+                            options=row["options"],
+                            run=run,
+                            gpus=gpus,
+                        )
                     )
-                )
             await repo.assign_many(
                 conn,
                 [(e.experiment_id, e.agent_id, e.gpus) for e in assigned if e.world_size == 1],
@@ -256,6 +263,23 @@ class Scheduler:
         if assigned:
             self.relay.kick()
         return len(assigned)
+
+    async def _queued(self, conn: Conn, fleet: Fleet) -> AsyncGenerator[asyncpg.Record, None]:
+        """The queue in placement order, read a page at a time while the fleet has room.
+
+        A page is a few times what the free slots could take (a slot freed by a finished run
+        reads a handful of rows, not the whole queue), at most ``placement_batch``."""
+        room: dict[uuid.UUID, int] = {}
+        after: asyncpg.Record | None = None
+        while True:
+            page = min(self.settings.placement_batch, max(32, 4 * ceil(fleet.free_slots())))
+            rows, after = await repo.next_queued(conn, page, after, room)
+            for row in rows:
+                yield row
+                if not fleet.any_free():
+                    return
+            if after is None:
+                return
 
     async def why(self, ids: list[uuid.UUID]) -> dict[str, str]:
         """Why each of ``ids`` that is still queued is waiting."""

@@ -24,7 +24,7 @@ import httpx
 from pydantic import ValidationError
 
 from fleetlab_common.db import Conn
-from fleetlab_common.db.inbox import first_delivery
+from fleetlab_common.db.inbox import InboxBatch
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.events import (
     DeliveryFailed,
@@ -161,6 +161,8 @@ class Webhooks:
         self.config = settings.webhooks
         self.pool = pool
         self.relay = relay
+        # Events fetched together are turned into deliveries in one transaction.
+        self._inbox = InboxBatch(lambda: self.pool, CONSUMER)
         self.resolver = resolver
         self.policy = AddressPolicy(
             allow_loopback=self.config.allow_loopback, allow=self.config.allow_hosts
@@ -364,9 +366,8 @@ class Webhooks:
         if public_type is None:
             return 0
         experiment_id = public.experiment_id_of(event)
-        async with self.pool.acquire() as conn, conn.transaction():
-            if not await first_delivery(conn, CONSUMER, event):
-                return 0
+
+        async def change(conn: Conn) -> int:
             record: dict[str, Any] | None = None
             if experiment_id is not None:
                 record = await repo.merge_experiment(
@@ -400,8 +401,12 @@ class Webhooks:
                 for ep in endpoints
             ]
             await repo.insert_deliveries(conn, rows)
-        self.kick()
-        return len(rows)
+            return len(rows)
+
+        delivered = await self._inbox.apply(event, change)
+        if delivered:
+            self.kick()
+        return delivered or 0
 
     # -- delivery -------------------------------------------------------------------------
 
