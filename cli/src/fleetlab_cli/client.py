@@ -23,7 +23,12 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from fleetlab_common.api.experiments import Experiment, ExperimentPage
+from fleetlab_common.api.experiments import (
+    Experiment,
+    ExperimentBatch,
+    ExperimentCreate,
+    ExperimentPage,
+)
 from fleetlab_common.api.projects import Project
 from fleetlab_common.api.sweeps import Sweep, SweepPage
 
@@ -169,6 +174,14 @@ class _Calls:
         if code:
             body["code"] = code
         return Call("POST", "/api/v1/experiments", json=body)
+
+    @staticmethod
+    def submit_many(experiments: list[ExperimentCreate | Json]) -> Call:
+        items = [
+            e.model_dump(mode="json", exclude_unset=True) if isinstance(e, BaseModel) else e
+            for e in experiments
+        ]
+        return Call("POST", "/api/v1/experiments/batch", json={"experiments": items})
 
     @staticmethod
     def experiments(filters: dict[str, Any]) -> Call:
@@ -326,6 +339,15 @@ class Client:
         )
         return result
 
+    def submit_many(self, experiments: list[ExperimentCreate | Json]) -> list[Experiment]:
+        """Many experiments at once (1 to 1000), all or none: each an
+        :class:`ExperimentCreate` or its JSON (``{"project", "options", ...}``). The records
+        come back in the order given; a refused item raises :class:`ApiError` naming it
+        (``experiments.<i>.<field>``) and nothing is created."""
+        answer = self._send(_Calls.submit_many(experiments))
+        result = ExperimentBatch.model_validate(answer).experiments
+        return result
+
     def experiments(self, **filters: Any) -> ExperimentPage:
         """One page: ``{"items", "next"}`` (filters: project, status, tag, sweep, sort,
         cursor, limit)."""
@@ -477,6 +499,11 @@ class AsyncClient:
         result = Experiment.model_validate(
             await self._send(_Calls.submit(project, options or {}, name, tags or [], code))
         )
+        return result
+
+    async def submit_many(self, experiments: list[ExperimentCreate | Json]) -> list[Experiment]:
+        answer = await self._send(_Calls.submit_many(experiments))
+        result = ExperimentBatch.model_validate(answer).experiments
         return result
 
     async def experiments(self, **filters: Any) -> ExperimentPage:

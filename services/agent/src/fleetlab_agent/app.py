@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 
-from fleetlab_agent import agentlog, handlers
+from fleetlab_agent import agentlog, childwatch, handlers
 from fleetlab_agent.service import Agent
 from fleetlab_agent.settings import AgentSettings
 from fleetlab_common.broker import ensure_streams, make_broker
@@ -25,6 +25,7 @@ def create_app(settings: AgentSettings) -> AsgiFastStream:
         return {"nats": "ok" if await broker.ping(1.0) else "down"}
 
     async def prepare() -> None:
+        childwatch.attach_to_running_loop()
         settings.work_root().mkdir(parents=True, exist_ok=True)
         agent.reaper.start()
 

@@ -196,11 +196,7 @@ async def submit_batch(
         message = _validation_message(project, options)
         if message:
             return _error(400, message)
-    relay = state.outbox()
-    async with conn.transaction():
-        for options in batch:
-            body = ExperimentCreate(project=str(project.id), options=options)
-            await experiments.submit(conn, relay, body)
-    relay.kick()
+    bodies = [ExperimentCreate(project=str(project.id), options=options) for options in batch]
+    await experiments.submit_batch(conn, state.outbox(), bodies)
     log.info("fglab.batch_queued", project=project.name, count=len(batch), retry=retry)
     return JSONResponse({"status": "Started"}, status_code=201)

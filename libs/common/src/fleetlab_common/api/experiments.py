@@ -45,6 +45,36 @@ class ExperimentCreate(BaseModel):
     )
 
 
+# The most experiments one ``POST /api/v1/experiments/batch`` queues.
+MAX_BATCH = 1000
+
+
+class ExperimentBatchCreate(BaseModel):
+    """``POST /api/v1/experiments/batch``: experiments queued together, all or none."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "experiments": [
+                        {"project": "mnist", "options": {"lr": 0.01}, "tags": ["lr-scan"]},
+                        {"project": "mnist", "options": {"lr": 0.1}, "tags": ["lr-scan"]},
+                        {"project": "cifar", "options": {"epochs": 20}, "priority": 5},
+                    ]
+                }
+            ]
+        },
+    )
+
+    experiments: list[ExperimentCreate] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        description=f"1 to {MAX_BATCH} experiments, each as POST /api/v1/experiments takes "
+        "one; answered in the same order",
+    )
+
+
 class Experiment(BaseModel):
     """An experiment record."""
 
@@ -88,3 +118,9 @@ class ExperimentUpdate(BaseModel):
 
     name: Text | None = Field(default=None, max_length=200)
     notes: Text | None = Field(default=None, max_length=100_000)
+
+
+class ExperimentBatch(BaseModel):
+    """The experiments a batch queued, in the order they were given."""
+
+    experiments: list[Experiment]

@@ -50,6 +50,7 @@ class OutboxRelay:
         self._interval = interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def kick(self) -> None:
         """Publish now (call after a transaction that enqueued events committed)."""
@@ -79,7 +80,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.2
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
@@ -98,15 +99,22 @@ class OutboxRelay:
     def start(self) -> None:
         """Run the relay in the background."""
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="outbox-relay")
             self._wake.set()
 
     async def stop(self) -> None:
         """Publish what is left (best effort), then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A cancel that lands as a publish is acknowledged can be lost inside the NATS
+            # client (Python 3.11's wait_for): the loop also checks the flag, and the cancel
+            # is repeated until the task is done.
+            self._stopping = True
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._task.result()
             self._task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)

@@ -16,6 +16,8 @@ from fleetlab_api.metrics import summary as metric_summary
 from fleetlab_api.projects import service as projects
 from fleetlab_common.api.experiments import (
     Experiment,
+    ExperimentBatch,
+    ExperimentBatchCreate,
     ExperimentCreate,
     ExperimentPage,
     ExperimentUpdate,
@@ -30,6 +32,19 @@ router = APIRouter(prefix="/api/v1/experiments", tags=["experiments"])
 async def submit_experiment(body: ExperimentCreate, conn: ConnDep, state: StateDep) -> Experiment:
     """Queue an experiment: options are checked against the project's schema first."""
     return await service.submit(conn, state.outbox(), body)
+
+
+# Before the ``/{ref}`` routes, so that "batch" is never read as an experiment's id.
+@router.post("/batch", status_code=201, response_model=ExperimentBatch)
+async def submit_experiment_batch(
+    body: ExperimentBatchCreate, conn: ConnDep, state: StateDep
+) -> ExperimentBatch:
+    """Queue many experiments at once, all or none: every item is checked first as
+    ``POST /api/v1/experiments`` checks one, and the first refusal is answered (422, its
+    fields under the item's path, e.g. ``experiments.3.options.lr``) with nothing created.
+    Then all are recorded in one transaction and answered in the order given."""
+    made = await service.submit_batch(conn, state.outbox(), body.experiments)
+    return ExperimentBatch(experiments=made)
 
 
 Filter = Annotated[str | None, Query(description="A project's id or name")]

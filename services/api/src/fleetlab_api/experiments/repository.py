@@ -20,33 +20,25 @@ def _to_experiment(row: asyncpg.Record) -> Experiment:
     return Experiment.model_validate({**dict(row), "tags": list(row["tags"])})
 
 
-async def insert(
-    conn: Conn,
-    experiment_id: uuid.UUID,
-    project_id: uuid.UUID,
-    options: dict[str, Any],
-    name: str | None,
-    priority: int,
-    tags: list[str],
-) -> Experiment:
-    await conn.execute(
+async def insert(conn: Conn, rows: list[tuple[Any, ...]]) -> None:
+    """``(id, project_id, options, name, priority, tags)`` rows, in one statement batch."""
+    await conn.executemany(
         """INSERT INTO experiments (id, project_id, options, name, priority, tags)
            VALUES ($1, $2, $3, $4, $5, $6)""",
-        experiment_id,
-        project_id,
-        options,
-        name,
-        priority,
-        tags,
+        rows,
     )
-    found = await get(conn, experiment_id)
-    assert found is not None
-    return found
 
 
 async def get(conn: Conn, experiment_id: uuid.UUID) -> Experiment | None:
     row = await conn.fetchrow(f"{_SELECT} WHERE e.id = $1", experiment_id)
     return _to_experiment(row) if row else None
+
+
+async def get_many(conn: Conn, experiment_ids: list[uuid.UUID]) -> list[Experiment]:
+    """The experiments with these ids, in the order given (those that do not exist left out)."""
+    rows = await conn.fetch(f"{_SELECT} WHERE e.id = ANY($1::uuid[])", experiment_ids)
+    found = {row["id"]: _to_experiment(row) for row in rows}
+    return [found[i] for i in experiment_ids if i in found]
 
 
 async def page(

@@ -1,14 +1,18 @@
-"""Experiment logic: submission (state and event in one transaction) and reading logs."""
+"""Experiment logic: submission, one or a batch (state and events in one transaction), and
+reading logs."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 from asyncpg import Record
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 
 from fleetlab_api.code import service as code
+from fleetlab_api.code.service import CodeSnapshot
 from fleetlab_api.errors import ApiError, ConflictError, InvalidError, NotFoundError
 from fleetlab_api.experiments import repository as repo
 from fleetlab_api.projects import repository as projects
@@ -18,7 +22,7 @@ from fleetlab_common.api.experiments import (
     ExperimentCreate,
     ExperimentUpdate,
 )
-from fleetlab_common.api.projects import validate_options
+from fleetlab_common.api.projects import Project, validate_options
 from fleetlab_common.artifacts import ArtifactStore
 from fleetlab_common.db import Conn
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
@@ -82,10 +86,35 @@ async def check_artifact_inputs(conn: Conn, run: RunSpec) -> None:
         )
 
 
-async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Experiment:
-    """Check the options against the project's schema, record the experiment and its
-    ``api.experiment.submitted`` event in one transaction, then publish."""
-    project = await projects.get(conn, body.project)
+@dataclass(frozen=True)
+class Checked:
+    """A submission that passed every check, ready to record."""
+
+    body: ExperimentCreate
+    project: Project
+    options: dict[str, Any]  # the schema's defaults filled in
+    run: RunSpec  # with the code snapshot's digest, when it runs one
+    snapshot: CodeSnapshot | None
+
+
+@dataclass
+class Lookups:
+    """What the submissions of one request share, looked up once: projects by reference,
+    code snapshots by reference, and the run spec of each project whose inputs were checked."""
+
+    projects: dict[str, Project | None] = field(default_factory=dict)
+    snapshots: dict[str, CodeSnapshot] = field(default_factory=dict)
+    runs: dict[uuid.UUID, RunSpec] = field(default_factory=dict)
+
+
+async def check(conn: Conn, body: ExperimentCreate, seen: Lookups | None = None) -> Checked:
+    """Everything a submission must pass before it is recorded: a known project, options that
+    fit its schema, a stored code snapshot, artifact inputs that exist (422 naming the field
+    otherwise). ``seen`` keeps what a batch's items share from being looked up again."""
+    seen = seen if seen is not None else Lookups()
+    if body.project not in seen.projects:
+        seen.projects[body.project] = await projects.get(conn, body.project)
+    project = seen.projects[body.project]
     if project is None:
         raise InvalidError(
             f"unknown project {body.project!r}", {"project": "no project has this id or name"}
@@ -99,33 +128,83 @@ async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Expe
         )
     # The code snapshot it runs: its own, else the project's default.
     code_ref = body.code if body.code is not None else project.code
-    snapshot = await code.resolve(conn, code_ref) if code_ref is not None else None
-    run = project.run_spec()
-    await check_artifact_inputs(conn, run)
+    snapshot = None
+    if code_ref is not None:
+        if code_ref not in seen.snapshots:
+            seen.snapshots[code_ref] = await code.resolve(conn, code_ref)
+        snapshot = seen.snapshots[code_ref]
+    run = seen.runs.get(project.id)
+    if run is None:
+        run = project.run_spec()
+        await check_artifact_inputs(conn, run)
+        seen.runs[project.id] = run
     if snapshot is not None:
         run = run.model_copy(update={"code": snapshot.digest})
-    experiment_id = uuid7()
+    return Checked(body, project, options, run, snapshot)
+
+
+async def check_batch(conn: Conn, bodies: list[ExperimentCreate]) -> list[Checked]:
+    """:func:`check` for each item in order; the first refusal is answered with its fields
+    under the item's path (``experiments.3.options.lr``)."""
+    seen = Lookups()
+    checked: list[Checked] = []
+    for index, body in enumerate(bodies):
+        try:
+            checked.append(await check(conn, body, seen))
+        except ApiError as exc:
+            at = f"experiments.{index}"
+            fields = {f"{at}.{name}": why for name, why in exc.fields.items()}
+            message = f"{at}: {exc.message}"
+            raise ApiError(exc.status, message, fields or {at: exc.message}) from None
+    return checked
+
+
+async def record(conn: Conn, relay: OutboxRelay, checked: list[Checked]) -> list[Experiment]:
+    """Record checked submissions and their ``api.experiment.submitted`` events in one
+    transaction, publish after the commit; the records come back in the order given."""
+    ids = [uuid7() for _ in checked]
+    rows = [
+        (i, c.project.id, c.options, c.body.name, c.body.priority, c.body.tags)
+        for i, c in zip(ids, checked, strict=True)
+    ]
+    events = [
+        ExperimentSubmitted(
+            experiment_id=i,
+            project_id=c.project.id,
+            project=c.project.name,
+            options=c.options,
+            run=c.run,
+            priority=c.body.priority,
+        )
+        for i, c in zip(ids, checked, strict=True)
+    ]
     async with conn.transaction():
-        experiment = await repo.insert(
-            conn, experiment_id, project.id, options, body.name, body.priority, body.tags
-        )
-        if snapshot is not None:
-            await code.attach(conn, experiment_id, snapshot)
-            experiment = experiment.model_copy(update={"code": snapshot.digest})
-        await enqueue(
-            conn,
-            ExperimentSubmitted(
-                experiment_id=experiment_id,
-                project_id=project.id,
-                project=project.name,
-                options=options,
-                run=run,
-                priority=body.priority,
-            ),
-        )
+        await repo.insert(conn, rows)
+        for experiment_id, c in zip(ids, checked, strict=True):
+            if c.snapshot is not None:
+                await code.attach(conn, experiment_id, c.snapshot)
+        await enqueue(conn, *events)
+        experiments = await repo.get_many(conn, ids)
     relay.kick()
-    log.info("experiment.submitted", experiment_id=str(experiment_id), project=project.name)
-    return experiment
+    for experiment in experiments:
+        log.info(
+            "experiment.submitted", experiment_id=str(experiment.id), project=experiment.project
+        )
+    return experiments
+
+
+async def submit(conn: Conn, relay: OutboxRelay, body: ExperimentCreate) -> Experiment:
+    """Check the options against the project's schema, record the experiment and its
+    ``api.experiment.submitted`` event in one transaction, then publish."""
+    return (await record(conn, relay, [await check(conn, body)]))[0]
+
+
+async def submit_batch(
+    conn: Conn, relay: OutboxRelay, bodies: list[ExperimentCreate]
+) -> list[Experiment]:
+    """Every item checked first (the first refusal answered, nothing created), then all
+    recorded in one transaction and published after it."""
+    return await record(conn, relay, await check_batch(conn, bodies))
 
 
 async def stop(conn: Conn, relay: OutboxRelay, ref: str, reason: str) -> Experiment:
