@@ -81,7 +81,7 @@ def event_subscriber(
     *,
     subject: str | None = None,
     ack_wait_s: float = 30.0,
-    batch_size: int = 10,
+    batch_size: int = 50,
 ) -> Callable[[Callable[..., Any]], Any]:
     """Subscribe ``consumer`` durably to every ``event``: a pull consumer, so every replica of
     a service shares the one durable consumer, and a waiting fetch hands over a new message at
