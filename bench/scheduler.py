@@ -315,8 +315,9 @@ def table(results: dict[str, Any]) -> str:
         r = results["throughput"]
         rows.append(
             f"| {r['experiments']} × `true` on {r['agents']} agents × {r['slots_per_agent']} "
-            f"slots, end to end (submitted in batches of {r.get('submit_batch', 1)}) | {r['experiments_per_s']} experiments/s ({r['seconds']} s, "
-            f"{r['failed']} failed) | {GOALS['throughput']} |"
+            f"slots, end to end (submitted in batches of {r.get('submit_batch', 1)}) | "
+            f"{r['experiments_per_s']} experiments/s ({r['seconds']} s, {r['failed']} failed) | "
+            f"{GOALS['throughput']} |"
         )
         if "cpu_ms_per_experiment" in r:
             cpu = r["cpu_ms_per_experiment"]

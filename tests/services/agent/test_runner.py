@@ -206,6 +206,31 @@ async def test_lines_go_in_bounded_batches(tmp_path: Path) -> None:
     assert len(out.batches) < 2500 / 10  # batched, not one message per line
 
 
+async def test_a_run_over_its_line_rate_waits_and_loses_nothing(tmp_path: Path) -> None:
+    # 60,000 lines printed at once, read at 20,000 lines/s: the program waits on its prints
+    # (the pipe fills), so its own clock says the last print came well after the first.
+    cmd = script(
+        tmp_path,
+        """
+        import sys, time
+        for i in range(60000):
+            sys.stdout.write(f"{time.monotonic():.6f} {i}\\n")
+        """,
+    )
+    result, out = await run_to_end(make_run(tmp_path, cmd), max_lines_per_s=20_000)
+
+    assert result.status == "succeeded" and result.log_lines == 60_000
+    assert [int(ln.line.split()[1]) for ln in out.lines] == list(range(60_000))
+    printed = [float(ln.line.split()[0]) for ln in out.lines]
+    # The pipe and the reader's buffer hold about 200 KiB (some 11,000 of these lines): the
+    # rest waited for the reader.
+    assert printed[-1] - printed[0] >= 1.0
+    unbounded, fast = await run_to_end(make_run(tmp_path, cmd))
+    assert unbounded.log_lines == 60_000
+    fast_printed = [float(ln.line.split()[0]) for ln in fast.lines]
+    assert fast_printed[-1] - fast_printed[0] < 1.0
+
+
 @pytest.mark.parametrize("setpriv", [True, False], ids=["setpriv", "preexec"])
 def test_the_process_dies_with_the_agent(tmp_path: Path, setpriv: bool) -> None:
     """However the agent dies (here SIGKILL), its experiment's process goes with it: started

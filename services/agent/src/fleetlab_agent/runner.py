@@ -14,6 +14,7 @@ import ctypes.util
 import os
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ def _size(text: str) -> int:
     return len(text.encode()) * 2 + 96
 
 
+# A run over its line rate may print this many seconds' worth of lines at once.
+RATE_BURST_S = 0.1
+
+
 class LogBatcher:
     """Numbers output lines (one sequence per run, across stdout and stderr) and sends them
     in batches: at most ``max_lines`` lines or about ``max_bytes`` of text per batch (well
@@ -117,8 +122,14 @@ class LogBatcher:
         *,
         rank: int | None = None,
         world_size: int = 1,
+        max_lines_per_s: int = 0,
     ) -> None:
         self._publish = publish
+        # The run's line rate bound (0: none), kept by making the pipes' reader wait.
+        self._rate = max_lines_per_s
+        self._allowance = max_lines_per_s * RATE_BURST_S
+        self._counted = 0
+        self._at = time.monotonic()
         self._max_lines = max_lines
         self._max_delay = max_delay
         self._max_bytes = max_bytes
@@ -153,6 +164,19 @@ class LogBatcher:
         self._pending.set()
         if len(self._buffer) >= self._max_lines or self._buffer_bytes >= self._max_bytes:
             self._full.set()
+
+    async def pace(self) -> None:
+        """Wait while the run is over its line rate (call after each read of a pipe). The
+        pipe then fills and the program waits on its next print: nothing is dropped."""
+        if not self._rate:
+            return
+        now = time.monotonic()
+        new, self._counted = self.seq - self._counted, self.seq
+        earned = (now - self._at) * self._rate
+        self._allowance = min(self._rate * RATE_BURST_S, self._allowance + earned) - new
+        self._at = now
+        if self._allowance < 0:
+            await asyncio.sleep(-self._allowance / self._rate)
 
     def _take(self) -> list[WireLine]:
         """The next batch: bounded by lines and by bytes, never empty while lines wait."""
@@ -268,6 +292,7 @@ async def _pump(
             line.feed(part)
             add(stream, line.take(), ts)
         line.feed(tail)
+        await batcher.pace()
     if line:
         add(stream, line.take())
 

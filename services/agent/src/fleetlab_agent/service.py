@@ -324,6 +324,7 @@ class Agent:
             self.settings.agent.batch_delay_s,
             rank=run.rank if run.world_size > 1 else None,
             world_size=run.world_size,
+            max_lines_per_s=self.settings.agent.log_lines_per_s,
         )
         metrics = tail_run(self.spool.put, self.name, run)
         if run.spec.printed_metrics:

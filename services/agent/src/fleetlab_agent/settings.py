@@ -37,6 +37,10 @@ class AgentOptions(BaseModel):
     # 256 KiB, well under NATS's message limit). Larger batches cost every hop less per line.
     batch_lines: int = Field(default=2000, ge=1)
     batch_delay_s: float = 0.05
+    # A run's output lines per second, at most (0: no bound). Over it, the agent reads the
+    # run's pipes more slowly: the program waits on its prints, no line is dropped. One run
+    # printing without end must not outrun the log store and its live viewers.
+    log_lines_per_s: int = Field(default=120_000, ge=0)
     # What waits on disk for NATS at most; a full spool makes runs wait, never drops.
     spool_max_mb: int = Field(default=1024, ge=1)
     # The largest input one run may fetch (MachineLabs inputs).

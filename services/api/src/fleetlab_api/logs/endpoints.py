@@ -69,7 +69,7 @@ def _sse(item: Item) -> bytes:
         # cost per line, which was the largest part of what a live line cost the API.
         encode = orjson.dumps
         return b"".join(
-            b"id: %d\nevent: line\ndata: %s\n\n" % (ln["seq"], encode(ln)) for ln in item.lines
+            [b"id: %d\nevent: line\ndata: %s\n\n" % (ln["seq"], encode(ln)) for ln in item.lines]
         )
     if item.kind == "skipped":
         assert item.skipped is not None

@@ -202,16 +202,22 @@ class LogFollower:
             return
         # Held: the lines the viewer will send next, up to MAX_PENDING ahead of it. Lines
         # further ahead are read back from the store when the viewer gets to them.
+        if not lines:
+            return
         floor = self.next_seq
         ceiling = floor + MAX_PENDING
-        pending = self.pending
-        last = self.known_last
-        for ln in lines:
-            seq = ln["seq"]
-            if floor <= seq < ceiling:
-                pending[seq] = ln
-            last = max(last, seq)
-        self.known_last = last
+        first, last = lines[0]["seq"], lines[-1]["seq"]
+        if floor <= first and last < ceiling and last - first == len(lines) - 1:
+            # The usual batch: consecutive numbers, all within what is held.
+            self.pending.update({ln["seq"]: ln for ln in lines})
+        else:
+            pending = self.pending
+            for ln in lines:
+                seq = ln["seq"]
+                if floor <= seq < ceiling:
+                    pending[seq] = ln
+                last = max(last, seq)
+        self.known_last = max(self.known_last, last)
         self._wake.set()
 
     async def _on_end(self, msg: Msg) -> None:
