@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import nats.js.api
 import nats.js.errors
 from faststream.middlewares import AckPolicy
 from faststream.nats import (
@@ -32,19 +34,63 @@ from fleetlab_common.settings import NatsSettings
 log = get_logger(__name__)
 
 
+# The durable consumers each broker's event subscribers read, by name: what
+# :func:`restore_jetstream` declares again on a server that lost them.
+_CONSUMERS: weakref.WeakKeyDictionary[NatsBroker, dict[str, tuple[str, ConsumerConfig]]] = (
+    weakref.WeakKeyDictionary()
+)
+# Restores under way (a task must be referenced until it ends).
+_RESTORES: set[asyncio.Task[int]] = set()
+
+
 def make_broker(settings: NatsSettings, service: str) -> NatsBroker:
-    """A FastStream NATS broker with OpenTelemetry spans, reconnecting for ever."""
-    return NatsBroker(
+    """A FastStream NATS broker with OpenTelemetry spans, reconnecting for ever; after each
+    reconnect it declares Fleetlab's streams and its consumers again where they are missing."""
+
+    async def reconnected() -> None:
+        task = asyncio.create_task(restore_jetstream(broker, settings), name="nats-restore")
+        _RESTORES.add(task)
+        task.add_done_callback(_RESTORES.discard)
+
+    broker = NatsBroker(
         settings.url,
         name=f"fleetlab-{service}",
         middlewares=[NatsTelemetryMiddleware()],
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         allow_reconnect=True,
+        reconnected_cb=reconnected,
         # FastStream's per-message lines go through our structlog handler, at debug level.
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
     )
+    return broker
+
+
+async def restore_jetstream(broker: NatsBroker, settings: NatsSettings) -> int:
+    """Declare the streams, and this broker's durable consumers that the server does not have.
+
+    A NATS server that came back without its JetStream store (restarted without a volume,
+    replaced) knows no stream and no consumer: every publish to a stream fails and every pull
+    fails at once, retried in a loop. Declared again, events flow again (the consumers read
+    the new streams from their start). Returns how many consumers were declared again.
+    """
+    restored = 0
+    try:
+        js = broker.connection.jetstream()
+        await ensure_streams(js, settings)
+        for durable, (stream, config) in list(_CONSUMERS.get(broker, {}).items()):
+            try:
+                await js.consumer_info(stream, durable)
+            except nats.js.errors.NotFoundError:
+                await js.add_consumer(stream, config=config)
+                restored += 1
+    except Exception as exc:  # the connection dropped again: the next reconnect retries
+        log.warning("nats.restore_failed", error=repr(exc))
+        return restored
+    if restored:
+        log.warning("nats.consumers_restored", consumers=restored)
+    return restored
 
 
 def jstream(name: str, settings: NatsSettings) -> JStream:
@@ -95,6 +141,17 @@ def event_subscriber(
     if event.STREAM is None:
         raise ValueError(f"{event.event_type()} is not stored in a stream")
     durable = consumer_name(consumer, event)
+    _CONSUMERS.setdefault(broker, {})[durable] = (
+        event.STREAM,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject or event.subscribe_subject(),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+            max_deliver=settings.max_deliver,
+            ack_wait=ack_wait_s,
+        ),
+    )
     return broker.subscriber(
         subject or event.subscribe_subject(),
         durable=durable,
