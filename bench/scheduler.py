@@ -221,7 +221,11 @@ def run_with_stack(kind: str) -> dict[str, Any]:
             for p in extra:
                 p.send_signal(signal.SIGTERM)
             for p in extra:
-                p.wait(30)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:  # never leave an agent behind
+                    p.kill()
+                    p.wait()
 
 
 async def _placement(dsn: str, agents: int = 1000, queued: int = 10_000) -> dict[str, Any]:
