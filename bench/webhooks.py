@@ -31,9 +31,10 @@ import uvicorn
 
 from fleetlab_common.broker import ensure_streams, make_broker, publish_event
 from fleetlab_common.embedded import EmbeddedPostgres, free_port, start_nats, stop_process
-from fleetlab_common.events import ExperimentFinished
+from fleetlab_common.events import ExperimentFinished, ExperimentSubmitted
 from fleetlab_common.ids import uuid7
 from fleetlab_common.log import configure_logging
+from fleetlab_common.runspec import RunSpec
 from fleetlab_common.settings import NatsSettings
 from fleetlab_webhooks.app import build_service
 from fleetlab_webhooks.settings import WebhooksSettings
@@ -107,10 +108,36 @@ async def run_scenario(
             await state.get().create(
                 {"url": base_url + path, "events": ["experiment.finished", "experiment.stopped"]}
             )
+        # Each experiment's submission first, as the API publishes it when one is queued (the
+        # webhooks service waits for an experiment's submission before delivering its end).
+        ids = [uuid7() for _ in range(events)]
+        project = uuid7()
+        for experiment_id in ids:
+            await publish_event(
+                publisher,
+                ExperimentSubmitted(
+                    experiment_id=experiment_id,
+                    project_id=project,
+                    project="bench",
+                    options={},
+                    run=RunSpec(command=["true"]),
+                ),
+            )
+        # Measured once the service knows them all (a run ends long after it was queued).
+        while True:
+            async with state.get().pool.acquire() as conn:
+                known = await conn.fetchval(
+                    "SELECT count(*) FROM experiments WHERE id = ANY($1::uuid[])", ids
+                )
+            if known == len(ids):
+                break
+            await asyncio.sleep(0.01)
         sent: dict[str, float] = {}
         start = time.perf_counter()
-        for _ in range(events):
-            event = ExperimentFinished(experiment_id=uuid7(), agent_id="bench", status="succeeded")
+        for experiment_id in ids:
+            event = ExperimentFinished(
+                experiment_id=experiment_id, agent_id="bench", status="succeeded"
+            )
             sent[str(event.id)] = time.perf_counter()
             await publish_event(publisher, event)
             if interval_s:
@@ -118,7 +145,8 @@ async def run_scenario(
         published = time.perf_counter()
         expected = events * endpoints
         deadline = time.monotonic() + 600
-        while sum(1 for k in receiver.arrived if k[0].startswith(f"/{name}/")) < expected:
+        # A copy of the keys: the receiver's thread adds to the dict meanwhile.
+        while sum(1 for k in list(receiver.arrived) if k[0].startswith(f"/{name}/")) < expected:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name}: not every delivery arrived")
             await asyncio.sleep(0.005)
