@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from fleetlab_common.artifacts import LocalArtifactStore
+from fleetlab_common.artifacts import ArtifactNotFoundError, LocalArtifactStore
 from fleetlab_common.db.pool import create_pool
 from fleetlab_common.events import (
     AgentLogAppended,
@@ -99,6 +99,24 @@ async def test_a_finished_run_is_archived_once_every_line_is_in(
     assert [r["seq"] for r in got] == [1, 2, 3, 4, 5]
     assert set(got[0]) == {"seq", "stream", "ts", "line"}
     assert await ls.archive_pending() == 0  # done once
+
+
+async def test_a_run_that_printed_nothing_gets_no_log_file(make_logstream: MakeLogstream) -> None:
+    ls = await make_logstream()
+    eid = uuid7()
+    await ls.on_finished(finished(eid, 0))
+
+    assert await ls.archive_pending() == 0  # nothing left to archive
+    async with ls.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT archived_at, archive_key, archive_complete FROM runs WHERE experiment_id = $1",
+            eid,
+        )
+    assert row["archived_at"] is not None and row["archive_complete"] is True
+    assert row["archive_key"] is None
+    assert ls.store is not None
+    with pytest.raises(ArtifactNotFoundError):
+        await ls.store.get_bytes(archive_key(eid, 1))
 
 
 async def test_a_run_whose_last_lines_never_come_is_archived_after_the_wait(

@@ -204,12 +204,17 @@ async def record_finished(
     log_lines: int,
     finished_at: datetime,
 ) -> None:
+    # A run that printed nothing has no log file to write: it counts as archived at once.
     await conn.execute(
-        """INSERT INTO runs AS r (experiment_id, attempt, status, log_lines, finished_at)
-           VALUES ($1, $2, $3, $4, $5)
+        """INSERT INTO runs AS r (experiment_id, attempt, status, log_lines, finished_at,
+                                  archived_at, archive_complete)
+           VALUES ($1, $2, $3, $4, $5,
+                   CASE WHEN $4 = 0 THEN now() END, CASE WHEN $4 = 0 THEN true END)
            ON CONFLICT (experiment_id, attempt) DO UPDATE
            SET status = EXCLUDED.status, log_lines = EXCLUDED.log_lines,
-               finished_at = EXCLUDED.finished_at""",
+               finished_at = EXCLUDED.finished_at,
+               archived_at = coalesce(r.archived_at, EXCLUDED.archived_at),
+               archive_complete = coalesce(r.archive_complete, EXCLUDED.archive_complete)""",
         experiment_id,
         attempt,
         status,

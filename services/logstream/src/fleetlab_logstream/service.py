@@ -256,7 +256,8 @@ class Logstream:
                 event.log_lines,
                 event.occurred_at,
             )
-        self._archive_wake.set()
+        if event.log_lines:
+            self._archive_wake.set()
 
     async def on_assigned(self, event: ExperimentAssigned) -> None:
         async with self.pool.acquire() as conn:
