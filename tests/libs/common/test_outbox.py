@@ -1,4 +1,5 @@
-"""The transactional outbox and the inbox on a real PostgreSQL and a real nats-server.
+"""The transactional outbox and the inbox (one event at a time and in shared transactions) on a
+real PostgreSQL and a real nats-server; a broker whose NATS came back without its store.
 
 Each test that counts stored messages gets its own nats-server (started in ``tmp_path``, a few
 tens of milliseconds), so the global stream names hold only that test's events.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,8 +21,9 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
-from fleetlab_common.broker import ensure_streams, make_broker
-from fleetlab_common.db.inbox import first_delivery, prune_inbox
+from fleetlab_common.broker import ensure_streams, event_subscriber, make_broker, publish_event
+from fleetlab_common.db import Conn
+from fleetlab_common.db.inbox import InboxBatch, first_delivery, prune_inbox
 from fleetlab_common.db.migrate import migrate
 from fleetlab_common.db.outbox import OutboxRelay, enqueue
 from fleetlab_common.db.pool import create_pool
@@ -415,3 +418,122 @@ async def test_prune_forgets_only_old_event_ids(pool: asyncpg.Pool) -> None:
         await prune_inbox(conn, keep_days=7)
         assert await first_delivery(conn, "c", old) is True
         assert await first_delivery(conn, "c", recent) is False
+
+
+# --- InboxBatch: events handled side by side share one transaction ---------------------------
+
+
+def recorder(event: ExperimentSubmitted) -> Callable[[Conn], Awaitable[str]]:
+    async def change(conn: Conn) -> str:
+        await conn.execute("INSERT INTO applied VALUES ($1, txid_current())", event.experiment_id)
+        return str(event.experiment_id)
+
+    return change
+
+
+async def applied(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TABLE IF NOT EXISTS applied (event_id uuid, txid bigint)")
+        return await conn.fetch("SELECT event_id, txid FROM applied")
+
+
+async def test_events_handed_over_together_commit_in_one_transaction(pool: asyncpg.Pool) -> None:
+    await applied(pool)  # the table the changes write to
+    inbox = InboxBatch(lambda: pool, "c")
+    events = [submitted() for _ in range(20)]
+
+    results = await asyncio.gather(*(inbox.apply(e, recorder(e)) for e in events))
+
+    assert results == [str(e.experiment_id) for e in events]
+    rows = await applied(pool)
+    assert sorted(r["event_id"] for r in rows) == sorted(e.experiment_id for e in events)
+    # The first is applied at once; those that came while it was, in one more transaction.
+    assert len({r["txid"] for r in rows}) <= 2
+
+
+async def test_a_redelivered_event_is_applied_once(pool: asyncpg.Pool) -> None:
+    await applied(pool)  # the table the changes write to
+    inbox = InboxBatch(lambda: pool, "c")
+    event = submitted()
+
+    first = await inbox.apply(event, recorder(event))
+    again = await asyncio.gather(
+        inbox.apply(event, recorder(event)),
+        inbox.apply(event, recorder(event)),
+    )
+
+    assert first == str(event.experiment_id)
+    assert again == [None, None]
+    assert len(await applied(pool)) == 1
+    # Another consumer has an inbox of its own.
+    assert await InboxBatch(lambda: pool, "other").apply(event, recorder(event)) is not None
+
+
+async def test_a_failing_change_fails_only_its_event(pool: asyncpg.Pool) -> None:
+    await applied(pool)  # the table the changes write to
+    inbox = InboxBatch(lambda: pool, "c")
+    good = [submitted() for _ in range(5)]
+    bad = submitted()
+
+    async def boom(conn: Conn) -> str:
+        await conn.execute("INSERT INTO applied VALUES ($1, 0)", bad.experiment_id)
+        raise ValueError("bad event")
+
+    calls = [inbox.apply(e, recorder(e)) for e in good[:3]]
+    calls.append(inbox.apply(bad, boom))
+    calls += [inbox.apply(e, recorder(e)) for e in good[3:]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(results[3], ValueError)
+    assert [r for i, r in enumerate(results) if i != 3] == [str(e.experiment_id) for e in good]
+    assert sorted(r["event_id"] for r in await applied(pool)) == sorted(
+        e.experiment_id for e in good
+    )
+    # The failed event was not recorded as applied: its redelivery applies it.
+    assert await inbox.apply(bad, recorder(bad)) == str(bad.experiment_id)
+
+
+# --- NATS back without its JetStream store: streams and consumers declared again -------------
+
+
+def async_true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def wrapped() -> bool:
+        return check()
+
+    return wrapped
+
+
+async def test_events_flow_again_after_nats_lost_its_store(own_nats: NatsServer) -> None:
+    settings = NatsSettings(url=own_nats.url)
+    broker = make_broker(settings, "restore-test")
+    got: list[uuid.UUID] = []
+
+    @event_subscriber(broker, ExperimentSubmitted, "restore", settings)
+    async def handle(event: ExperimentSubmitted) -> None:
+        got.append(event.experiment_id)
+
+    await broker.start()
+    try:
+        before = submitted()
+        await publish_event(broker, before)
+        await eventually(async_true(lambda: got == [before.experiment_id]), timeout=20)
+
+        await own_nats.stop()
+        shutil.rmtree(own_nats.store)  # the server comes back knowing no stream, no consumer
+        await own_nats.start()
+
+        after = submitted()
+
+        async def publish_when_back() -> None:
+            while True:
+                try:
+                    await publish_event(broker, after, timeout=1.0)
+                    return
+                except Exception:  # reconnecting, or the streams not declared yet
+                    await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(publish_when_back(), 30)
+        await eventually(async_true(lambda: after.experiment_id in got), timeout=20)
+        assert got.count(after.experiment_id) == 1
+    finally:
+        await broker.stop()
