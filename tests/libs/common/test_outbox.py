@@ -493,6 +493,27 @@ async def test_a_failing_change_fails_only_its_event(pool: asyncpg.Pool) -> None
     assert await inbox.apply(bad, recorder(bad)) == str(bad.experiment_id)
 
 
+async def test_handlers_waiting_on_a_cancelled_batch_are_not_left_hanging(
+    pool: asyncpg.Pool,
+) -> None:
+    inbox = InboxBatch(lambda: pool, "c")
+    entered = asyncio.Event()
+
+    async def stuck(conn: Conn) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    waiting = [asyncio.create_task(inbox.apply(submitted(), stuck))]
+    await entered.wait()
+    waiting.append(asyncio.create_task(inbox.apply(submitted(), stuck)))  # queued behind it
+    await asyncio.sleep(0)
+    assert inbox._task is not None
+    inbox._task.cancel()  # the service stopping
+
+    done, _ = await asyncio.wait(waiting, timeout=5)
+    assert len(done) == 2 and all(t.cancelled() for t in done)
+
+
 # --- NATS back without its JetStream store: streams and consumers declared again -------------
 
 

@@ -80,6 +80,7 @@ class InboxBatch:
         return await item.done
 
     async def _drain(self) -> None:
+        batch: list[_Item[Any]] = []
         try:
             while self._pending:
                 batch = self._pending[: self.max_batch]
@@ -89,9 +90,14 @@ class InboxBatch:
                 except Exception:
                     for item in batch:
                         await self._apply_alone(item)
+                batch = []
         except BaseException as exc:  # cancelled with the service: nobody is left waiting
-            for item in self._pending:
-                if not item.done.done():
+            for item in [*batch, *self._pending]:
+                if item.done.done():
+                    continue
+                if isinstance(exc, asyncio.CancelledError):
+                    item.done.cancel()
+                else:
                     item.done.set_exception(exc)
             self._pending.clear()
             raise
