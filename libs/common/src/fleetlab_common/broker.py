@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import nats.js.api
 import nats.js.errors
 from faststream.middlewares import AckPolicy
 from faststream.nats import (
@@ -141,24 +140,24 @@ def event_subscriber(
     if event.STREAM is None:
         raise ValueError(f"{event.event_type()} is not stored in a stream")
     durable = consumer_name(consumer, event)
-    _CONSUMERS.setdefault(broker, {})[durable] = (
-        event.STREAM,
-        ConsumerConfig(
-            durable_name=durable,
-            filter_subject=subject or event.subscribe_subject(),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=nats.js.api.AckPolicy.EXPLICIT,
-            max_deliver=settings.max_deliver,
-            ack_wait=ack_wait_s,
-        ),
+    filter_subject = subject or event.subscribe_subject()
+    # The consumer as it is created: by the subscription when the server lacks it, and again
+    # by restore_jetstream when a server lost it.
+    config = ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        deliver_policy=DeliverPolicy.ALL,
+        max_deliver=settings.max_deliver,
+        ack_wait=ack_wait_s,
     )
+    _CONSUMERS.setdefault(broker, {})[durable] = (event.STREAM, config)
     return broker.subscriber(
-        subject or event.subscribe_subject(),
+        filter_subject,
         durable=durable,
         pull_sub=PullSub(batch_size=batch_size, timeout=5.0),
         stream=jstream(event.STREAM, settings),
         deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(max_deliver=settings.max_deliver, ack_wait=ack_wait_s),
+        config=config,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         title=f"{durable}:subscribe",
     )

@@ -246,9 +246,8 @@ async def runs_to_archive(conn: Conn, gave_up_before: datetime, limit: int) -> l
 
 
 async def mark_archived(
-    conn: Conn, experiment_id: uuid.UUID, attempt: int, key: str | None, complete: bool
+    conn: Conn, experiment_id: uuid.UUID, attempt: int, key: str, complete: bool
 ) -> None:
-    """The run's log is in the store under ``key`` (None: it printed nothing, none is kept)."""
     await conn.execute(
         """UPDATE runs SET archive_key = $3, archived_at = now(), archive_complete = $4
            WHERE experiment_id = $1 AND attempt = $2""",
@@ -365,6 +364,22 @@ class Series:
 PointBatch = dict[str, Series]
 
 
+def add_point(
+    batch: PointBatch,
+    name: str,
+    step: int | None,
+    value: float,
+    ts: datetime,
+    cumulative: bool,
+    metadata: str | None,
+) -> None:
+    """Add one point to its metric's series in ``batch``."""
+    series = batch.get(name)
+    if series is None:
+        series = batch[name] = Series()
+    series.add(step, value, ts, cumulative, metadata)
+
+
 def _metadata(p: MetricPoint) -> str | None:
     """A point's metadata as stored; a rank of a multi-worker run keeps its ``rank`` there."""
     if p.rank is not None:
@@ -376,10 +391,7 @@ def batch_of_points(points: Sequence[MetricPoint]) -> PointBatch:
     """Points (models) as columns per metric."""
     batch: PointBatch = {}
     for p in points:
-        series = batch.get(p.name)
-        if series is None:
-            series = batch[p.name] = Series()
-        series.add(p.step, p.value, p.ts, p.cumulative, _metadata(p))
+        add_point(batch, p.name, p.step, p.value, p.ts, p.cumulative, _metadata(p))
     return batch
 
 

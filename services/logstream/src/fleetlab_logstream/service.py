@@ -99,10 +99,7 @@ def _batch_of_json(points: list[Any]) -> repo.PointBatch | None:
         if rank is not None:  # as repository._metadata keeps it
             metadata = {**(metadata or {}), "rank": rank}
         meta = None if metadata is None else orjson.dumps(metadata).decode()
-        series = batch.get(name)
-        if series is None:
-            series = batch[name] = repo.Series()
-        series.add(step, float(value), last_ts, cumulative, meta)
+        repo.add_point(batch, name, step, float(value), last_ts, cumulative, meta)
     return batch
 
 
@@ -283,14 +280,7 @@ class Logstream:
                 runs = await repo.runs_to_archive(conn, gave_up, 20)
             for run in runs:
                 complete = run["stored"] >= (run["log_lines"] or 0)
-                if complete and run["stored"] == 0:
-                    # A run that printed nothing has no log file to keep: none is written.
-                    async with self.pool.acquire() as conn:
-                        await repo.mark_archived(
-                            conn, run["experiment_id"], run["attempt"], None, True
-                        )
-                else:
-                    await self.archive(run["experiment_id"], run["attempt"], complete=complete)
+                await self.archive(run["experiment_id"], run["attempt"], complete=complete)
                 done += 1
             if len(runs) < 20:
                 return done

@@ -129,17 +129,18 @@ class Fleet:
         self.agents = agents
         self._order = sorted(agents, key=_most_free)
 
+    @staticmethod
+    def _open(agent: AgentCapacity) -> bool:
+        """Whether ``agent`` could still take something this round."""
+        return agent.slots_free > 0 and not agent.draining and not agent.reserved
+
     def free_slots(self) -> float:
         """CPU slots free on the agents that could still take something this round."""
-        return sum(
-            a.slots_free
-            for a in self.agents
-            if a.slots_free > 0 and not a.draining and not a.reserved
-        )
+        return sum(a.slots_free for a in self.agents if self._open(a))
 
     def any_free(self) -> bool:
         """Whether any agent could still take something this round."""
-        return any(a.slots_free > 0 and not a.draining and not a.reserved for a in self.agents)
+        return any(self._open(a) for a in self.agents)
 
     def place(
         self,

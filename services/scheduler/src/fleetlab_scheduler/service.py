@@ -222,37 +222,32 @@ class Scheduler:
             if not fleet.any_free():
                 return 0
             assigned: list[ExperimentAssigned] = []
-            async with contextlib.aclosing(self._queued(conn, fleet)) as queue:
-                async for row in queue:
-                    run = RunSpec.model_validate(row["run"])
-                    local = None if run.command else row["project"]
-                    if run.workers > 1:
-                        places = fleet.place_gang(
-                            run.workers, frozenset(run.labels), run.resources, local, run.capacity
-                        )
-                        if places is None:
-                            if not fleet.any_free():
-                                break
-                            continue
-                        assigned.append(await self._assign_gang(conn, row, run, places))
-                        continue
-                    chosen = fleet.place(frozenset(run.labels), run.resources, local, run.capacity)
-                    if chosen is None:
-                        if not fleet.any_free():
-                            break
-                        continue
-                    agent, gpus = chosen
-                    assigned.append(
-                        ExperimentAssigned(
-                            experiment_id=row["id"],
-                            agent_id=agent.id,
-                            attempt=row["attempt"],
-                            project=row["project"],
-                            options=row["options"],
-                            run=run,
-                            gpus=gpus,
-                        )
+            # The queue stops itself once the fleet is full.
+            async for row in self._queued(conn, fleet):
+                run = RunSpec.model_validate(row["run"])
+                local = None if run.command else row["project"]
+                if run.workers > 1:
+                    places = fleet.place_gang(
+                        run.workers, frozenset(run.labels), run.resources, local, run.capacity
                     )
+                    if places is not None:
+                        assigned.append(await self._assign_gang(conn, row, run, places))
+                    continue
+                chosen = fleet.place(frozenset(run.labels), run.resources, local, run.capacity)
+                if chosen is None:
+                    continue
+                agent, gpus = chosen
+                assigned.append(
+                    ExperimentAssigned(
+                        experiment_id=row["id"],
+                        agent_id=agent.id,
+                        attempt=row["attempt"],
+                        project=row["project"],
+                        options=row["options"],
+                        run=run,
+                        gpus=gpus,
+                    )
+                )
             await repo.assign_many(
                 conn,
                 [(e.experiment_id, e.agent_id, e.gpus) for e in assigned if e.world_size == 1],
