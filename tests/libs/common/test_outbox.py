@@ -36,6 +36,7 @@ from fleetlab_common.events import (
     ExperimentSubmitted,
 )
 from fleetlab_common.runspec import RunSpec
+from fleetlab_common.service import cancel_until_done
 from fleetlab_common.settings import NatsSettings
 from fleetlab_common.testing.plugin import RestartableNats as NatsServer
 
@@ -512,6 +513,20 @@ async def test_handlers_waiting_on_a_cancelled_batch_are_not_left_hanging(
 
     done, _ = await asyncio.wait(waiting, timeout=5)
     assert len(done) == 2 and all(t.cancelled() for t in done)
+
+
+async def test_a_task_that_lost_a_cancel_is_cancelled_again() -> None:
+    # What asyncio.wait_for can do in Python 3.11 when a reply and the cancel meet: the cancel
+    # is lost and the task goes on to its next wait.
+    async def loses_the_first_cancel() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(loses_the_first_cancel())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_until_done(task, every_s=0.05), 5)
+    assert task.cancelled()
 
 
 # --- NATS back without its JetStream store: streams and consumers declared again -------------

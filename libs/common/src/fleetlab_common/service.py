@@ -59,6 +59,19 @@ def migrations_dir(package_file: str) -> Path:
     return here.parents[1] / "migrations"
 
 
+async def cancel_until_done(task: asyncio.Task[Any], every_s: float = 0.5) -> None:
+    """Cancel ``task`` and wait for its end, cancelling it again while it goes on.
+
+    A cancel that lands as an awaited reply arrives can be lost inside ``asyncio.wait_for``
+    (Python 3.11; the NATS client waits for every JetStream acknowledgement that way): the task
+    then runs on to its next wait, where the next cancel reaches it."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every_s)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 class Background:
     """Named background tasks of a service, cancelled together on shutdown.
 

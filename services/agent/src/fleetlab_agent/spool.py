@@ -30,6 +30,7 @@ from faststream.nats import NatsBroker
 
 from fleetlab_common.events import EncodedEvent, Event
 from fleetlab_common.log import get_logger
+from fleetlab_common.service import cancel_until_done
 
 log = get_logger(__name__)
 
@@ -226,9 +227,12 @@ class Spool:
             self._idle.set()
             if self._sent_up_to() != self._saved:
                 # Sent since the cursor was saved: save it once things are quiet for a moment.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), CURSOR_EVERY_S)
-                if not self._wake.is_set():
+                # (asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the cancel
+                # that stops the spool when a record arrives at that very moment.)
+                try:
+                    async with asyncio.timeout(CURSOR_EVERY_S):
+                        await self._wake.wait()
+                except TimeoutError:
                     self._save_progress()
             await self._wake.wait()
 
@@ -247,9 +251,7 @@ class Spool:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_until_done(self._task)
             self._task = None
         if self._sent_up_to() != self._saved:
             self._save_cursor(*self._sent_up_to())

@@ -13,6 +13,7 @@ from opentelemetry import propagate
 from fleetlab_common.db import Conn
 from fleetlab_common.events import Event
 from fleetlab_common.log import get_logger
+from fleetlab_common.service import cancel_until_done
 
 log = get_logger(__name__)
 
@@ -50,7 +51,6 @@ class OutboxRelay:
         self._interval = interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._stopping = False
 
     def kick(self) -> None:
         """Publish now (call after a transaction that enqueued events committed)."""
@@ -80,7 +80,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.2
-        while not self._stopping:
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
@@ -99,22 +99,13 @@ class OutboxRelay:
     def start(self) -> None:
         """Run the relay in the background."""
         if self._task is None:
-            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="outbox-relay")
             self._wake.set()
 
     async def stop(self) -> None:
         """Publish what is left (best effort), then stop."""
         if self._task is not None:
-            # A cancel that lands as a publish is acknowledged can be lost inside the NATS
-            # client (Python 3.11's wait_for): the loop also checks the flag, and the cancel
-            # is repeated until the task is done.
-            self._stopping = True
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait([self._task], timeout=0.5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                self._task.result()
+            await cancel_until_done(self._task)
             self._task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), 2.0)
